@@ -1,0 +1,160 @@
+"""Reading analysis configs: YAML files, ``key.path=value`` overrides, strict key checking."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import operator
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hsbi.config.schema import AnalysisConfig
+from hsbi.exceptions import ConfigError
+
+__all__ = ["DEFAULT_CONFIG", "apply_overrides", "load_config", "parse_overrides"]
+
+#: The embedded default analysis (used when the config path is ``"default"``).
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _eval_number(text: str) -> float:
+    """Evaluate ``"pi/4"``, ``"0.25*pi"``, ``"1e-3"``; nothing but numbers, pi and + - * /."""
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id == "pi":
+            return math.pi
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(text)
+
+    return ev(ast.parse(text.strip(), mode="eval").body)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (tuple, Sequence, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected a list")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected a number")
+        try:
+            number = float(value) if not isinstance(value, str) else _eval_number(value)
+        except (ValueError, SyntaxError, ZeroDivisionError, TypeError):
+            raise ConfigError(
+                f"config key '{key}' = {value!r}: expected a number (or an expression like pi/4)"
+            ) from None
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected a finite number")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(
+                f"unknown config key '{where}'; known keys here: {', '.join(names)}"
+            )
+    kwargs = {
+        key: _convert(hints[key], value, f"{prefix}.{key}" if prefix else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (use 'default' for the embedded one)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["training.max_epochs=5", "inference.truth.mu=0.3"]`` to a nested mapping."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: conflicts with another override")
+        node[parts[-1]] = yaml.safe_load(text)
+    return nested
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep merge of ``overrides`` into ``data`` (both plain mappings)."""
+    merged = dict(data)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = apply_overrides(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path = "default", overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> AnalysisConfig:
+    """Read and validate an analysis config; ``"default"`` is the embedded one.
+
+    Raises :class:`~hsbi.exceptions.ConfigError` naming the file, key and expected value.
+    """
+    source = DEFAULT_CONFIG if str(path) in ("", "default") else Path(path).expanduser()
+    data = _read_yaml(source)
+    if overrides:
+        extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
+        data = apply_overrides(data, extra)
+    try:
+        return _build(AnalysisConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{source.name}: {err}") from None

@@ -1,0 +1,1 @@
+"""Diagnostics: calibration and closure (to come with the training issue)."""

@@ -1,0 +1,113 @@
+"""Parameterised likelihood-ratio classifiers (LRE), one per process, and their ensemble."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["LREEnsemble", "RatioNet", "load_members", "save_member"]
+
+_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+class RatioNet(nn.Module):
+    """A classifier ``f(x, z)`` whose logit estimates ``log p_c(x | z) / p_ref(x)``.
+
+    Arguments:
+        n_features: ``D``, the event features; the nuisance ``z`` is one more input.
+        widths: hidden layer widths.
+        activation: one of relu, silu, tanh, elu.
+
+    Inputs are standardised with buffers (``shift``, ``scale`` of shape ``(D + 1,)``) set from the
+    training data, so a saved state dict is self-contained.
+    """
+
+    def __init__(self, n_features: int, widths: Sequence[int], activation: str = "silu") -> None:
+        super().__init__()
+        self.hparams = {"n_features": n_features, "widths": list(widths), "activation": activation}
+        layers: list[nn.Module] = []
+        width_in = n_features + 1
+        for width in widths:
+            layers += [nn.Linear(width_in, width), _ACTIVATIONS[activation]()]
+            width_in = width
+        layers.append(nn.Linear(width_in, 1))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("shift", torch.zeros(n_features + 1))
+        self.register_buffer("scale", torch.ones(n_features + 1))
+
+    def set_standardisation(self, inputs: torch.Tensor) -> None:
+        """Set input shift and scale from training inputs of shape ``(N, D + 1)``."""
+        self.shift.copy_(inputs.mean(0))
+        self.scale.copy_(inputs.std(0).clamp_min(1e-6))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N,)`` for inputs ``(N, D + 1)`` (features, then nuisance)."""
+        return self.net((inputs - self.shift) / self.scale).squeeze(-1)
+
+
+def save_member(path: Path, nets: Mapping[str, RatioNet]) -> None:
+    """Write one ensemble member: ``weights.safetensors`` and ``estimator.json`` (no pickle)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"{proc}.{key}": value.detach().contiguous()
+        for proc, net in nets.items()
+        for key, value in net.state_dict().items()
+    }
+    save_file(tensors, str(path / "weights.safetensors"))
+    meta = {"kind": "lre", "processes": list(nets), "hparams": next(iter(nets.values())).hparams}
+    (path / "estimator.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def _load_member(path: Path) -> dict[str, RatioNet]:
+    meta = json.loads((path / "estimator.json").read_text())
+    tensors = load_file(str(path / "weights.safetensors"))
+    nets = {}
+    for proc in meta["processes"]:
+        net = RatioNet(**meta["hparams"])
+        prefix = f"{proc}."
+        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        nets[proc] = net.eval()
+    return nets
+
+
+def load_members(paths: Sequence[Path]) -> LREEnsemble:
+    """An ensemble from member directories written by :func:`save_member`."""
+    return LREEnsemble([_load_member(Path(p)) for p in paths])
+
+
+class LREEnsemble:
+    """Ensemble of per-process ratio classifiers; combines members by the mean log ratio.
+
+    Implements the ``ComponentDensity`` interface: ``log_components(x, z)`` returns
+    ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)``.
+    """
+
+    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 18) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = [dict(m) for m in members]
+        self.processes = tuple(self.members[0])
+        self.chunk = chunk
+
+    @torch.inference_mode()
+    def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=np.float32)))
+        n, k = x_t.shape[0], z_t.shape[0]
+        inputs = torch.cat(
+            [x_t.repeat(k, 1), z_t.repeat_interleave(n).unsqueeze(-1)], dim=1
+        )  # (K * n, D + 1)
+        out = torch.zeros(k * n, len(self.processes))
+        for member in self.members:
+            for c, proc in enumerate(self.processes):
+                net = member[proc]
+                for start in range(0, k * n, self.chunk):
+                    out[start : start + self.chunk, c] += net(inputs[start : start + self.chunk])
+        out /= len(self.members)
+        return out.reshape(k, n, len(self.processes)).double().numpy()

@@ -1,0 +1,29 @@
+"""Inference: extended profile likelihood, asymptotic intervals and Neyman construction."""
+
+from hsbi.inference.likelihood import Likelihood, ProfiledGrid, parabola_min
+from hsbi.inference.profile import (
+    Interval,
+    ObservedFit,
+    asymptotic_interval,
+    critical_values,
+    fit_observed,
+    make_likelihood,
+    neyman_interval,
+    throw_toys,
+    toy_statistics,
+)
+
+__all__ = [
+    "Interval",
+    "Likelihood",
+    "ObservedFit",
+    "ProfiledGrid",
+    "asymptotic_interval",
+    "critical_values",
+    "fit_observed",
+    "make_likelihood",
+    "neyman_interval",
+    "parabola_min",
+    "throw_toys",
+    "toy_statistics",
+]

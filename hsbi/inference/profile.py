@@ -1,0 +1,228 @@
+"""Observed fits, asymptotic (Wilks) intervals, toys and the Neyman (profile) construction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import chi2
+
+from hsbi.data import Dataset
+from hsbi.exceptions import FitError
+from hsbi.inference.likelihood import Likelihood, ProfiledGrid
+from hsbi.models.base import ComponentDensity, MixtureModel
+
+__all__ = [
+    "Interval",
+    "ObservedFit",
+    "asymptotic_interval",
+    "critical_values",
+    "fit_observed",
+    "make_likelihood",
+    "neyman_interval",
+    "throw_toys",
+    "toy_statistics",
+]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval; ``open_low``/``open_high`` mark an edge stopped by a bound."""
+
+    level: float
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def make_likelihood(
+    model: MixtureModel, n_expected: float, aux_sigma: float, mu_bounds=(0.0, 1.0)
+) -> Likelihood:
+    a, b = model.yield_coefficients(n_expected)
+    return Likelihood(a=a, b=b, mu_bounds=tuple(mu_bounds), aux_sigma=aux_sigma)
+
+
+def _sigma_from_curvature(zs: np.ndarray, nll: np.ndarray) -> float:
+    near = nll - nll.min() < 2.0
+    if near.sum() < 3:
+        return float(zs[1] - zs[0])
+    curvature = np.polyfit(zs[near], nll[near], 2)[0]
+    return float(1.0 / np.sqrt(2.0 * curvature)) if curvature > 0 else float(np.ptp(zs))
+
+
+@dataclass(frozen=True)
+class ObservedFit:
+    """The profile likelihood of one dataset on a fine nuisance grid over the whole range."""
+
+    grid: ProfiledGrid
+    mu_hat: float
+    nuisance_hat: float
+    nll_min: float
+    sigma_nuisance: float  # from the curvature of the mu-profiled NLL in the nuisance
+
+    def t(self, mu: float) -> float:
+        """Profile likelihood ratio ``t_mu = 2 (NLL(mu, z_hat_hat) - NLL(mu_hat, z_hat))``."""
+        return max(0.0, 2.0 * (self.grid.profile(mu)[1] - self.nll_min))
+
+    def nuisance_hat_hat(self, mu: float) -> float:
+        return self.grid.profile(mu)[0]
+
+    def scan(self, mus: Sequence[float]) -> np.ndarray:
+        return np.array([self.t(mu) for mu in mus])
+
+
+def fit_observed(
+    density: ComponentDensity,
+    lik: Likelihood,
+    data: Dataset,
+    nuisance_range: tuple[float, float],
+    points: int = 241,
+) -> ObservedFit:
+    """Global fit and profile machinery for ``data`` with nuisance grid of ``points``."""
+    zs = np.linspace(*nuisance_range, points)
+    grid = lik.grid(density.log_components(data.x, zs), zs, data.aux)
+    mu_hat, z_hat, nll_min, _ = grid.global_fit()
+    if not np.isfinite(nll_min):
+        raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
+    _, nlls = grid.mu_hat_per_z()
+    return ObservedFit(grid, mu_hat, z_hat, nll_min, _sigma_from_curvature(zs, nlls))
+
+
+def asymptotic_interval(fit: ObservedFit, level: float) -> Interval:
+    """Wilks interval ``{mu : t_mu < F^-1_chi2_1(level)}`` by root finding on each side."""
+    q = float(chi2.ppf(level, df=1))
+    lo_b, hi_b = fit.grid.lik.mu_bounds
+    f = lambda mu: fit.t(mu) - q  # noqa: E731
+    open_low, open_high = f(lo_b) < 0, f(hi_b) < 0
+    low = lo_b if open_low else brentq(f, lo_b, fit.mu_hat, xtol=1e-7)
+    high = hi_b if open_high else brentq(f, fit.mu_hat, hi_b, xtol=1e-7)
+    return Interval(level, float(low), float(high), bool(open_low), bool(open_high))
+
+
+def throw_toys(
+    model: MixtureModel,
+    mu: float,
+    nuisance: float,
+    n_expected: float,
+    aux_sigma: float,
+    n_toys: int,
+    seed: int,
+) -> list[Dataset]:
+    """Pseudo-datasets at ``(mu, nuisance)``; the auxiliary measurement is resampled too."""
+    rng = np.random.default_rng(seed)
+    return [
+        Dataset(
+            x=model.sample_dataset(rng, mu, nuisance, n_expected),
+            aux=float(nuisance + aux_sigma * rng.standard_normal()),
+        )
+        for _ in range(n_toys)
+    ]
+
+
+def _toy_t(grid: ProfiledGrid, mu: float) -> tuple[float, bool]:
+    _, _, nll_min, edge_global = grid.global_fit()
+    _, nll_mu, edge_cond = grid.profile(mu)
+    return max(0.0, 2.0 * (nll_mu - nll_min)), edge_global or edge_cond
+
+
+def toy_statistics(
+    density: ComponentDensity,
+    lik: Likelihood,
+    toys: Sequence[Dataset],
+    mu: float,
+    center: float,
+    half_width: float,
+    nuisance_range: tuple[float, float],
+    points: int = 11,
+    chunk_events: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """``t_mu`` for each toy; returns the values and the number of failed fits (NaN entries).
+
+    Each toy is profiled on a nuisance window ``center +- half_width`` (``points`` values). A fit
+    whose minimum sits on the window's edge is redone on a window three times wider; one still on
+    an inner edge counts as failed and gives NaN (reported, never dropped silently).
+    """
+    lo, hi = nuisance_range
+
+    def window(width: float, k: int) -> np.ndarray:
+        return np.linspace(max(lo, center - width), min(hi, center + width), k)
+
+    zs = window(half_width, points)
+    t = np.full(len(toys), np.nan)
+    failed = 0
+    start = 0
+    while start < len(toys):
+        stop, n = start, 0
+        while stop < len(toys) and (n == 0 or n + len(toys[stop].x) <= chunk_events):
+            n += len(toys[stop].x)
+            stop += 1
+        batch = toys[start:stop]
+        comps = density.log_components(np.concatenate([d.x for d in batch]), zs)
+        offsets = np.cumsum([0] + [len(d.x) for d in batch])
+        for j, toy in enumerate(batch):
+            value, edge = _toy_t(lik.grid(comps[:, offsets[j] : offsets[j + 1]], zs, toy.aux), mu)
+            if edge:
+                wide = window(3 * half_width, 3 * points)
+                grid = lik.grid(density.log_components(toy.x, wide), wide, toy.aux)
+                value, edge = _toy_t(grid, mu)
+                zmin = grid.global_fit()[1]
+                edge = edge and lo < zmin < hi and wide[0] > lo and wide[-1] < hi
+            if edge:
+                failed += 1
+            else:
+                t[start + j] = value
+        start = stop
+        if progress is not None:
+            progress(stop, len(toys))
+    return t, failed
+
+
+def critical_values(t: np.ndarray, levels: Sequence[float]) -> dict[str, dict[str, float]]:
+    """CL-quantiles of ``t`` with a binomial (order-statistic) 1-sigma band."""
+    good = np.sort(t[np.isfinite(t)])
+    n = len(good)
+    out = {}
+    for level in levels:
+        spread = np.sqrt(n * level * (1 - level))
+        lo_i = int(np.clip(np.floor(n * level - spread), 0, n - 1))
+        hi_i = int(np.clip(np.ceil(n * level + spread), 0, n - 1))
+        out[f"{level:g}"] = {
+            "value": float(np.quantile(good, level)),
+            "low": float(good[lo_i]),
+            "high": float(good[hi_i]),
+        }
+    return out
+
+
+def neyman_interval(
+    mu_grid: np.ndarray,
+    critical: np.ndarray,
+    t_obs: Callable[[float], float],
+    level: float,
+    points_per_cell: int = 10,
+) -> Interval:
+    """``{mu : t_obs(mu) <= c(mu)}`` with ``c`` interpolated linearly between grid points."""
+    fine = np.linspace(mu_grid[0], mu_grid[-1], (len(mu_grid) - 1) * points_per_cell + 1)
+    c = np.interp(fine, mu_grid, critical)
+    accepted = np.array([t_obs(mu) for mu in fine]) <= c
+    if not accepted.any():
+        raise FitError(
+            f"no point of the Neyman grid [{mu_grid[0]:g}, {mu_grid[-1]:g}] is accepted at "
+            f"{level:g} CL: widen inference.neyman.mu_min/mu_max"
+        )
+    idx = np.flatnonzero(accepted)
+    g = lambda mu: t_obs(mu) - np.interp(mu, mu_grid, critical)  # noqa: E731
+
+    def edge(i_in: int, i_out: int) -> float:
+        return float(brentq(g, fine[i_in], fine[i_out], xtol=1e-7)) if g(fine[i_out]) > 0 else float(fine[i_out])
+
+    low = edge(idx[0], idx[0] - 1) if idx[0] > 0 else float(fine[0])
+    high = edge(idx[-1], idx[-1] + 1) if idx[-1] < len(fine) - 1 else float(fine[-1])
+    return Interval(level, low, high, bool(idx[0] == 0), bool(idx[-1] == len(fine) - 1))

@@ -1,0 +1,67 @@
+"""The interface shared by exact models and learned estimators: per-process log densities."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["ComponentDensity", "MixtureModel"]
+
+
+class ComponentDensity(Protocol):
+    """Anything that gives per-process log densities (or log ratios to a fixed reference).
+
+    ``log_components(x, nuisance)`` takes events ``x`` of shape ``(n, D)`` and nuisance values of
+    shape ``(K,)`` and returns ``(K, n, C)``: ``log p_c(x_i | nuisance_k)`` up to a term that
+    depends on ``x`` alone (it cancels in every likelihood ratio).
+    """
+
+    processes: tuple[str, ...]
+
+    def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray: ...
+
+
+class MixtureModel:
+    """A simulator with an exact likelihood: a mixture of processes with one nuisance.
+
+    Subclasses define ``processes``, ``nuisance_range``, ``log_components`` and ``sample``.
+    Mixture weights: process ``c`` has yield ``a_c + mu * b_c`` (see :meth:`yield_coefficients`).
+    """
+
+    processes: tuple[str, ...] = ()
+    n_features: int = 0
+    nuisance_range: tuple[float, float] = (0.0, 0.0)
+
+    def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(
+        self, rng: np.random.Generator, process: str, nuisance: np.ndarray
+    ) -> np.ndarray:
+        """One event of ``process`` per entry of ``nuisance`` (shape ``(n,)``): ``(n, D)``."""
+        raise NotImplementedError
+
+    def yield_coefficients(self, n_expected: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` of shape ``(C,)`` with expected yields ``a + mu * b``."""
+        raise NotImplementedError
+
+    def sample_dataset(
+        self, rng: np.random.Generator, mu: float, nuisance: float, n_expected: float
+    ) -> np.ndarray:
+        """An extended dataset: ``n ~ Poisson(sum of yields)``, processes by their yields."""
+        a, b = self.yield_coefficients(n_expected)
+        yields = np.clip(a + mu * b, 0.0, None)
+        counts = rng.poisson(yields)
+        parts = [
+            self.sample(rng, proc, np.full(k, nuisance)) for proc, k in zip(self.processes, counts)
+        ]
+        x = np.concatenate(parts, axis=0)
+        return x[rng.permutation(len(x))]
+
+    def log_prob(self, x: np.ndarray, mu: float, nuisance: float, n_expected: float) -> np.ndarray:
+        """Normalised ``log p(x | mu, nuisance)`` per event, shape ``(n,)``."""
+        a, b = self.yield_coefficients(n_expected)
+        w = (a + mu * b) / np.sum(a + mu * b)
+        comps = self.log_components(x, np.array([nuisance]))[0]
+        return np.log(np.exp(comps) @ w)

@@ -1,0 +1,123 @@
+"""Training one LRE ensemble member (one classifier per process) with a Lightning Trainer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from hsbi.config import EstimatorConfig, TrainingConfig
+from hsbi.data import training_arrays
+from hsbi.estimators import RatioNet
+from hsbi.exceptions import FitError
+from hsbi.training.data import batch_loader
+
+__all__ = ["ClassifierModule", "train_lre_member"]
+
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class ClassifierModule(L.LightningModule):
+    """Binary cross-entropy on logits; Adam with cosine decay over ``max_epochs``."""
+
+    def __init__(self, net: RatioNet, cfg: TrainingConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.loss = nn.BCEWithLogitsLoss()
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        inputs, target = batch
+        loss = self.loss(self.net(inputs), target)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):  # noqa: ANN201
+        opt = torch.optim.Adam(
+            self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
+        return [opt], [sched]
+
+
+class _EpochReport(L.Callback):
+    """Prints one line per epoch and stops with a clear error when the loss is not finite."""
+
+    def __init__(self, label: str, log: Callable[[str], None]) -> None:
+        self.label = label
+        self.emit = log
+        self.history: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epoch = trainer.current_epoch + 1
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FitError(f"{self.label}: loss became non-finite in epoch {epoch} ({metrics})")
+        self.history.append({"epoch": epoch, **metrics})
+        self.emit(
+            f"{self.label}: epoch {epoch}/{trainer.max_epochs} "
+            f"train_loss {metrics.get('train_loss', float('nan')):.4f} "
+            f"val_loss {metrics.get('val_loss', float('nan')):.4f} "
+            f"({time.perf_counter() - self.start:.1f}s)"
+        )
+
+
+def _tensors(samples: dict[str, np.ndarray], split: str, proc: str) -> tuple[torch.Tensor, ...]:
+    x, z, y = training_arrays(samples, split, proc)
+    inputs = torch.as_tensor(np.concatenate([x, z[:, None]], axis=1), dtype=torch.float32)
+    return inputs, torch.as_tensor(y)
+
+
+def train_lre_member(
+    samples: dict[str, np.ndarray],
+    processes: tuple[str, ...],
+    estimator: EstimatorConfig,
+    training: TrainingConfig,
+    seed: int,
+    label: str = "member",
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, RatioNet], dict[str, list[dict[str, float]]]]:
+    """Train one classifier per process; returns the nets and their per-epoch metrics."""
+    nets, history = {}, {}
+    for c, proc in enumerate(processes):
+        L.seed_everything(seed * 1000 + c, verbose=False)
+        train_in, train_y = _tensors(samples, "train", proc)
+        val_in, val_y = _tensors(samples, "val", proc)
+        net = RatioNet(train_in.shape[1] - 1, estimator.widths, estimator.activation)
+        net.set_standardisation(train_in)
+        report = _EpochReport(f"{label} {proc}", log)
+        trainer = L.Trainer(
+            max_epochs=training.max_epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            callbacks=[report],
+        )
+        trainer.fit(
+            ClassifierModule(net, training),
+            train_dataloaders=batch_loader(
+                train_in, train_y, batch_size=training.batch_size, shuffle=True, seed=seed
+            ),
+            val_dataloaders=batch_loader(val_in, val_y, batch_size=8192, shuffle=False),
+        )
+        nets[proc] = net.eval()
+        history[proc] = report.history
+    return nets, history

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# hsbi environment set-up. Source it from anywhere:  source setup.sh
+#
+# First call: creates .venv, installs torch (pinned, CPU wheel) and then the project with its test
+# extras. Later calls only export the environment and refresh the law task index.
+#
+# Variables exported:
+#   HSBI_BASE         the checkout (folder of this file)
+#   HSBI_STORE        content-addressed store root; default $HSBI_BASE/store (git-ignored)
+#   LAW_HOME          law's home (task index, job files); default $HSBI_BASE/.law
+#   LAW_CONFIG_FILE   $HSBI_BASE/law.cfg
+#   PYTHONPATH        $HSBI_BASE prepended (so `workflows` is importable by law)
+# Variables read:
+#   HSBI_TORCH_SPEC   pip requirement for torch; default torch==2.13.0 (CPU wheel on disk here)
+#   HSBI_PYTHON       interpreter used to create .venv; default python3
+#   HSBI_REINSTALL=1  force the install step again
+
+action() {
+    local shell_is_zsh="$( [ -z "${ZSH_VERSION}" ] && echo "false" || echo "true" )"
+    local this_file="$( ${shell_is_zsh} && echo "${(%):-%x}" || echo "${BASH_SOURCE[0]}" )"
+    local this_dir="$( cd "$( dirname "${this_file}" )" && pwd )"
+
+    export HSBI_BASE="${this_dir}"
+    export HSBI_STORE="${HSBI_STORE:-${HSBI_BASE}/store}"
+    export LAW_HOME="${LAW_HOME:-${HSBI_BASE}/.law}"
+    export LAW_CONFIG_FILE="${HSBI_BASE}/law.cfg"
+    export PYTHONPATH="${HSBI_BASE}${PYTHONPATH:+:${PYTHONPATH}}"
+    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
+
+    local venv="${HSBI_BASE}/.venv"
+    local stamp="${venv}/.hsbi-installed"
+    if [ ! -f "${stamp}" ] || [ "${HSBI_REINSTALL:-0}" = "1" ]; then
+        echo "hsbi setup: creating ${venv} and installing dependencies (first call only)"
+        [ -d "${venv}" ] || "${HSBI_PYTHON:-python3}" -m venv "${venv}" || return 1
+        local pip="${venv}/bin/python -m pip"
+        ${pip} install -q --upgrade pip setuptools wheel || return 1
+        # torch first, pinned: anything later that depends on torch then finds it satisfied.
+        ${pip} install -q "${HSBI_TORCH_SPEC:-torch==2.13.0}" || return 1
+        ${pip} install -q -e "${HSBI_BASE}[test]" || return 1
+        touch "${stamp}"
+    fi
+    # shellcheck disable=SC1091
+    source "${venv}/bin/activate" || return 1
+    mkdir -p "${LAW_HOME}"
+    law index -q || return 1
+}
+action "$@"

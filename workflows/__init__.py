@@ -1,0 +1,1 @@
+"""law tasks of hsbi: parameters, requirements, targets and a call into the hsbi library."""

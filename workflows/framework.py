@@ -1,0 +1,158 @@
+"""The base task: analysis config, content-addressed targets in the hsbi store, user errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import law
+import luigi
+
+from hsbi.config import AnalysisConfig, load_config
+from hsbi.exceptions import HSBIError
+from hsbi.store import Artifact, Store, code_version, make_address
+
+__all__ = ["HSBITask", "HSBIWorkflow", "UserError"]
+
+
+class UserError(SystemExit):
+    """Ends ``law run`` with one line and a non-zero exit (luigi logs other errors with a
+    traceback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"hsbi: error: {message}")
+
+
+class _OneLineUserErrors(logging.Filter):
+    """Turns luigi's traceback of a user error raised in ``run()`` into its one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (UserError, HSBIError)):
+            record.msg, record.args = "%s", (str(exc.code if isinstance(exc, UserError) else exc),)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("luigi-interface").addFilter(_OneLineUserErrors())
+
+
+def _store_root() -> Path:
+    root = os.environ.get("HSBI_STORE") or law.config.get_expanded("hsbi", "store", None)
+    return Path(root or "store").expanduser().resolve()
+
+
+def _flatten_tasks(struct: Any) -> Iterator[law.Task]:
+    if isinstance(struct, law.Task):
+        yield struct
+    elif isinstance(struct, Mapping):
+        for value in struct.values():
+            yield from _flatten_tasks(value)
+    elif isinstance(struct, (list, tuple)):
+        for value in struct:
+            yield from _flatten_tasks(value)
+
+
+class HSBITask(law.Task):
+    """A task whose output is an artifact in the hsbi store.
+
+    The artifact's address hashes: the task family, :meth:`significant_params` (the config
+    sections named in ``config_sections`` plus task-specific values), the addresses of the
+    required artifacts, and the source hash of ``code_modules``.
+    """
+
+    config = luigi.Parameter(
+        default="default",
+        description="analysis config (YAML path), or 'default' for the embedded Gaussian-rotation "
+        "model; default: default",
+    )
+    set = law.CSVParameter(
+        default=(),
+        description="config overrides, comma-separated key.path=value (e.g. "
+        "training.max_epochs=20); default: none",
+    )
+
+    #: config sections whose canonical content enters the address
+    config_sections: tuple[str, ...] = ()
+    #: hsbi modules whose source is hashed into the address (the stage's code version)
+    code_modules: tuple[str, ...] = ()
+    #: section keys left out of the address (they do not change this artifact)
+    ignored_keys: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        try:
+            self.analysis  # noqa: B018 - validate the config when the task is created
+        except HSBIError as err:
+            raise UserError(str(err)) from None
+
+    @cached_property
+    def analysis(self) -> AnalysisConfig:
+        return load_config(self.config, tuple(self.set))
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(_store_root())
+
+    def significant_params(self) -> dict[str, Any]:
+        params = {}
+        for section in self.config_sections:
+            values = dataclasses.asdict(getattr(self.analysis, section))
+            params[section] = {k: v for k, v in values.items() if f"{section}.{k}" not in self.ignored_keys}
+        return params
+
+    def input_addresses(self) -> list[str]:
+        addresses = []
+        for task in _flatten_tasks(self.requires()):
+            if isinstance(task, law.BaseWorkflow) and task.is_workflow():
+                addresses += [b.address for b in task.get_branch_tasks().values()]
+            else:
+                addresses.append(task.address)
+        return addresses
+
+    @cached_property
+    def address(self) -> str:
+        code = code_version("hsbi.store", *self.code_modules)
+        return make_address(self.task_family, self.significant_params(), self.input_addresses(), code)
+
+    def output(self) -> law.LocalDirectoryTarget:
+        return law.LocalDirectoryTarget(str(self.store.path(self.task_family, self.address)))
+
+    def artifact(self) -> Artifact:
+        """This task's own artifact, verified."""
+        return self.store.open(self.task_family, self.address)
+
+    @contextmanager
+    def write(self) -> Iterator[Path]:
+        """A scratch directory that becomes this task's artifact when the block succeeds."""
+        code = code_version("hsbi.store", *self.code_modules)
+        with self.store.writer(
+            self.task_family, self.address, self.significant_params(), self.input_addresses(), code
+        ) as path:
+            yield path
+
+    def run_hsbi(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into hsbi; a user error (bad input) ends the run with its one-line message."""
+        try:
+            return fn(*args, **kwargs)
+        except HSBIError as err:
+            raise UserError(f"{self.task_family}: {err}") from None
+
+
+class HSBIWorkflow(HSBITask, law.LocalWorkflow):
+    """A workflow whose branches are artifacts; ``branch_params`` enters each branch's address."""
+
+    def branch_params(self) -> dict[str, Any]:
+        return dict(self.branch_data)
+
+    def significant_params(self) -> dict[str, Any]:
+        params = super().significant_params()
+        if self.is_branch():
+            params["branch"] = self.branch_params()
+        return params
