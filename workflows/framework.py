@@ -84,6 +84,8 @@ class HSBITask(law.Task):
     code_modules: tuple[str, ...] = ()
     #: section keys left out of the address (they do not change this artifact)
     ignored_keys: tuple[str, ...] = ()
+    #: declared version of what the task itself writes; bump it when run() changes the output
+    version: int = 1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,19 +109,27 @@ class HSBITask(law.Task):
             params[section] = {k: v for k, v in values.items() if f"{section}.{k}" not in self.ignored_keys}
         return params
 
-    def input_addresses(self) -> list[str]:
-        addresses = []
-        for task in _flatten_tasks(self.requires()):
+    def input_addresses(self) -> dict[str, str | list[str]]:
+        """Addresses of the required artifacts, by requirement name (a workflow gives a list)."""
+        reqs = self.requires()
+        named = reqs.items() if isinstance(reqs, Mapping) else enumerate(_flatten_tasks(reqs))
+        out: dict[str, str | list[str]] = {}
+        for name, task in named:
             if isinstance(task, law.BaseWorkflow) and task.is_workflow():
-                addresses += [b.address for b in task.get_branch_tasks().values()]
+                out[str(name)] = [b.address for b in task.get_branch_tasks().values()]
             else:
-                addresses.append(task.address)
-        return addresses
+                out[str(name)] = task.address
+        return out
 
     @cached_property
     def address(self) -> str:
-        code = code_version("hsbi.store", *self.code_modules)
-        return make_address(self.task_family, self.significant_params(), self.input_addresses(), code)
+        return make_address(
+            self.task_family, self.significant_params(), self.input_addresses(), self.code_version
+        )
+
+    @property
+    def code_version(self) -> str:
+        return f"v{self.version}-{code_version('hsbi.store', *self.code_modules)}"
 
     def output(self) -> law.LocalDirectoryTarget:
         return law.LocalDirectoryTarget(str(self.store.path(self.task_family, self.address)))
@@ -131,9 +141,12 @@ class HSBITask(law.Task):
     @contextmanager
     def write(self) -> Iterator[Path]:
         """A scratch directory that becomes this task's artifact when the block succeeds."""
-        code = code_version("hsbi.store", *self.code_modules)
         with self.store.writer(
-            self.task_family, self.address, self.significant_params(), self.input_addresses(), code
+            self.task_family,
+            self.address,
+            self.significant_params(),
+            self.input_addresses(),
+            self.code_version,
         ) as path:
             yield path
 

@@ -75,15 +75,15 @@ class TrainEstimator(HSBIWorkflow):
     def workflow_requires(self) -> dict:
         return {**super().workflow_requires(), "samples": SimulateSamples.req(self)}
 
-    def requires(self) -> SimulateSamples:
-        return SimulateSamples.req(self)
+    def requires(self) -> dict:
+        return {"samples": SimulateSamples.req(self)}
 
     def run(self) -> None:
         from hsbi.estimators import save_member
         from hsbi.training import train_lre_member
 
         cfg = self.analysis
-        samples = self.requires().artifact().arrays("samples.npz")
+        samples = self.requires()["samples"].artifact().arrays("samples.npz")
         nets, history = self.run_hsbi(
             train_lre_member, samples, cfg.model.build().processes, cfg.estimator, cfg.training,
             seed=self.branch_data["seed"], label=f"TrainEstimator member {self.branch}",

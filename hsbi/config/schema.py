@@ -113,9 +113,9 @@ class Truth:
 
 @dataclass(frozen=True)
 class NeymanConfig:
-    mu_min: float = 0.12
-    mu_max: float = 0.28
-    points: int = 17
+    mu_min: float = 0.15
+    mu_max: float = 0.25
+    points: int = 11
     toys: int = 200
     seed: int = 11
 

@@ -85,15 +85,35 @@ class LREEnsemble:
     """Ensemble of per-process ratio classifiers; combines members by the mean log ratio.
 
     Implements the ``ComponentDensity`` interface: ``log_components(x, z)`` returns
-    ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)``.
+    ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)``. All ``M * C`` networks are evaluated
+    together as one batched MLP (``baddbmm`` per layer) in chunks of ``chunk`` rows.
     """
 
-    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 18) -> None:
+    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 14) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = [dict(m) for m in members]
         self.processes = tuple(self.members[0])
         self.chunk = chunk
+        nets = [m[p] for m in self.members for p in self.processes]
+        if any(n.hparams != nets[0].hparams for n in nets):
+            raise ValueError("all ensemble networks must share one architecture")
+        linears = [layer for layer in nets[0].net if isinstance(layer, nn.Linear)]
+        index = [i for i, layer in enumerate(nets[0].net) if isinstance(layer, nn.Linear)]
+        self._weights = [torch.stack([n.net[i].weight.T.detach() for n in nets]) for i in index]
+        self._biases = [torch.stack([n.net[i].bias.detach() for n in nets]).unsqueeze(1) for i in index]
+        self._shift = torch.stack([n.shift for n in nets]).unsqueeze(1)
+        self._scale = torch.stack([n.scale for n in nets]).unsqueeze(1)
+        self._act = nets[0].net[1] if len(linears) > 1 else nn.Identity()
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of every network, ``(M * C, N)``, for inputs ``(N, D + 1)``."""
+        h = (inputs.unsqueeze(0) - self._shift) / self._scale
+        for i, (w, b) in enumerate(zip(self._weights, self._biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(self._weights) - 1:
+                h = self._act(h)
+        return h.squeeze(-1)
 
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
@@ -103,11 +123,9 @@ class LREEnsemble:
         inputs = torch.cat(
             [x_t.repeat(k, 1), z_t.repeat_interleave(n).unsqueeze(-1)], dim=1
         )  # (K * n, D + 1)
-        out = torch.zeros(k * n, len(self.processes))
-        for member in self.members:
-            for c, proc in enumerate(self.processes):
-                net = member[proc]
-                for start in range(0, k * n, self.chunk):
-                    out[start : start + self.chunk, c] += net(inputs[start : start + self.chunk])
-        out /= len(self.members)
-        return out.reshape(k, n, len(self.processes)).double().numpy()
+        logits = torch.cat(
+            [self._forward(inputs[s : s + self.chunk]) for s in range(0, k * n, self.chunk)], dim=1
+        )  # (M * C, K * n)
+        m, c = len(self.members), len(self.processes)
+        out = logits.reshape(m, c, k, n).mean(0).permute(1, 2, 0)
+        return out.double().numpy()

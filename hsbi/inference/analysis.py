@@ -24,8 +24,10 @@ from hsbi.models.base import ComponentDensity, MixtureModel
 
 __all__ = ["InferenceResult", "infer", "neyman_toys", "toy_seed"]
 
-#: Nuisance window of a toy fit, in units of the observed sigma of the nuisance.
-TOY_WINDOW_SIGMAS = 5.0
+#: Nuisance window of a toy fit, in units of the observed sigma of the nuisance, and its points
+#: (a 1-sigma step; a toy whose minimum falls on the window's edge is refitted 3 times wider).
+TOY_WINDOW_SIGMAS = 3.0
+TOY_WINDOW_POINTS = 7
 
 
 def toy_seed(base: int, mu: float) -> int:
@@ -56,12 +58,11 @@ def neyman_toys(
         toys = throw_toys(model, mu, z_gen, inf.n_expected, inf.constraint_sigma, inf.neyman.toys, seed)
 
         def report(done: int, total: int, name: str = name) -> None:
-            if done == total or done % max(1, total // 4) < 25:
-                progress(f"NeymanToys mu={mu:g} [{name}]: {done}/{total} toys")
+            progress(f"NeymanToys mu={mu:g} [{name}]: {done}/{total} toys")
 
         t, failed = toy_statistics(
             density, lik, toys, mu, z_gen, TOY_WINDOW_SIGMAS * fit.sigma_nuisance,
-            model.nuisance_range, progress=report,
+            model.nuisance_range, points=TOY_WINDOW_POINTS, progress=report,
         )
         out[name] = {"t": t, "failed": failed, "nuisance_generated": z_gen, "seed": seed}
     return out
