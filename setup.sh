@@ -16,7 +16,7 @@
 #   HSBI_REINSTALL=1  force the install step again
 
 action() {
-    local shell_is_zsh="$( [ -z "${ZSH_VERSION}" ] && echo "false" || echo "true" )"
+    local shell_is_zsh="$( [ -z "${ZSH_VERSION:-}" ] && echo "false" || echo "true" )"
     local this_file="$( ${shell_is_zsh} && echo "${(%):-%x}" || echo "${BASH_SOURCE[0]}" )"
     local this_dir="$( cd "$( dirname "${this_file}" )" && pwd )"
 
@@ -24,19 +24,24 @@ action() {
     export HSBI_STORE="${HSBI_STORE:-${HSBI_BASE}/store}"
     export LAW_HOME="${LAW_HOME:-${HSBI_BASE}/.law}"
     export LAW_CONFIG_FILE="${HSBI_BASE}/law.cfg"
-    export PYTHONPATH="${HSBI_BASE}${PYTHONPATH:+:${PYTHONPATH}}"
+    case ":${PYTHONPATH:-}:" in *":${HSBI_BASE}:"*) ;; *) export PYTHONPATH="${HSBI_BASE}${PYTHONPATH:+:${PYTHONPATH}}" ;; esac
     export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
 
     local venv="${HSBI_BASE}/.venv"
     local stamp="${venv}/.hsbi-installed"
     if [ ! -f "${stamp}" ] || [ "${HSBI_REINSTALL:-0}" = "1" ]; then
-        echo "hsbi setup: creating ${venv} and installing dependencies (first call only)"
+        echo "hsbi setup: creating ${venv} and installing dependencies (first call only; log: ${venv}/install.log)"
         [ -d "${venv}" ] || "${HSBI_PYTHON:-python3}" -m venv "${venv}" || return 1
-        local pip="${venv}/bin/python -m pip"
-        ${pip} install -q --upgrade pip setuptools wheel || return 1
+        local log="${venv}/install.log"
+        local pip="${venv}/bin/python -m pip install --disable-pip-version-check"
         # torch first, pinned: anything later that depends on torch then finds it satisfied.
-        ${pip} install -q "${HSBI_TORCH_SPEC:-torch==2.13.0}" || return 1
-        ${pip} install -q -e "${HSBI_BASE}[test]" || return 1
+        if ! { ${pip} --upgrade pip setuptools wheel \
+                && ${pip} "${HSBI_TORCH_SPEC:-torch==2.13.0}" \
+                && ${pip} -e "${HSBI_BASE}[test]"; } >"${log}" 2>&1; then
+            tail -n 20 "${log}"
+            echo "hsbi setup: installation failed; full log in ${log}" >&2
+            return 1
+        fi
         touch "${stamp}"
     fi
     # shellcheck disable=SC1091
