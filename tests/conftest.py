@@ -1,40 +1,22 @@
-"""Shared fixtures: an isolated store per test, a tiny analysis config, a real `law run`."""
+"""Shared fixtures: an isolated store per test, a real `law run`, a store filled by one run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `workflows` is importable as setup.sh's PYTHONPATH makes it
-TINY_CONFIG = ROOT / "tests" / "data" / "tiny.yaml"
-
-
-def _law_env(store: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("LAW_HOME", str(ROOT / ".law"))
-    env["HSBI_BASE"] = str(ROOT)
-    env["LAW_CONFIG_FILE"] = str(ROOT / "law.cfg")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["HSBI_STORE"] = str(store)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _law_bin() -> str:
-    return str(Path(sys.executable).with_name("law"))
+from helpers import ROOT, law_bin, law_env, run_law, run_micro
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _law_index(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Make sure the law task index exists (setup.sh writes it; a bare pytest may not)."""
-    env = _law_env(tmp_path_factory.mktemp("store"))
-    subprocess.run([_law_bin(), "index", "-q"], env=env, check=True, cwd=ROOT)
+    env = law_env(tmp_path_factory.mktemp("store"))
+    subprocess.run([law_bin(), "index", "-q"], env=env, check=True, cwd=ROOT)
     for key in ("LAW_HOME", "LAW_CONFIG_FILE", "HSBI_BASE"):
         os.environ.setdefault(key, env[key])
 
@@ -48,17 +30,25 @@ def store_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def law_run(store_root: Path):
-    """Run ``law run TASK ARGS`` for real; returns the CompletedProcess (text, merged output)."""
+    """Run ``law run TASK ARGS`` for real against ``store_root``."""
 
     def run(task: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [_law_bin(), "run", task, *args],
-            env=_law_env(store_root),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
+        return run_law(store_root, task, *args, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def filled_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the 6 artifacts of one complete run of the micro DAG (read-only: copy it)."""
+    store = tmp_path_factory.mktemp("filled") / "store"
+    proc = run_micro(store)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return store
+
+
+@pytest.fixture
+def store_copy(filled_store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(filled_store, copy)
+    return copy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,7 @@ import luigi
 
 from hsbi.config import AnalysisConfig, load_config
 from hsbi.exceptions import HSBIError
-from hsbi.store import Artifact, Store, code_version, make_address
+from hsbi.store import STORE_FORMAT, Artifact, Store, code_version, make_address
 
 __all__ = ["HSBITask", "HSBIWorkflow", "UserError"]
 
@@ -43,9 +44,54 @@ class _OneLineUserErrors(logging.Filter):
 logging.getLogger("luigi-interface").addFilter(_OneLineUserErrors())
 
 
-def _store_root() -> Path:
+def _store_root() -> str:
     root = os.environ.get("HSBI_STORE") or law.config.get_expanded("hsbi", "store", None)
-    return Path(root or "store").expanduser().resolve()
+    root = root or "store"
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+class StoreTarget(law.target.base.Target):
+    """An artifact in the hsbi store as a law target: it exists when its manifest does."""
+
+    def __init__(self, store: Store, family: str, address: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.store, self.family, self.address = store, family, address
+
+    @property
+    def path(self) -> str:
+        return self.store.uri(self.family, self.address)
+
+    def exists(self) -> bool:
+        return self.store.exists(self.family, self.address)
+
+    def remove(self, silent: bool = True) -> None:
+        self.store.remove(self.family, self.address)
+
+    def uri(self, return_all: bool = False) -> str | list[str]:
+        uri = self.path if "://" in self.path else f"file://{self.path}"
+        return [uri] if return_all else uri
+
+    def _repr_pairs(self) -> list[tuple[str, str]]:
+        return [("path", self.path)]
+
+    def _copy_kwargs(self) -> dict[str, Any]:
+        return {**super()._copy_kwargs(), "store": self.store, "family": self.family,
+                "address": self.address}
+
+
+def _produce_once(run: Any) -> Any:
+    """Wrap a task's ``run`` so only one process produces an artifact; the others wait for it."""
+
+    @functools.wraps(run)
+    def wrapped(self: HSBITask) -> Any:
+        with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
+            if must:
+                return run(self)
+            self.publish_message(f"{self.task_family} {self.address}: produced by another process")
+            return None
+
+    wrapped.__hsbi_locked__ = True
+    return wrapped
 
 
 def _flatten_tasks(struct: Any) -> Iterator[law.Task]:
@@ -86,6 +132,14 @@ class HSBITask(law.Task):
     ignored_keys: tuple[str, ...] = ()
     #: declared version of what the task itself writes; bump it when run() changes the output
     version: int = 1
+    #: how a re-run reproduces the artifact: "bitwise", or {"rtol": r, "atol": a} for numbers
+    reproducibility: str | dict[str, float] = "bitwise"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "__hsbi_locked__", False):
+            cls.run = _produce_once(run)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,10 +183,19 @@ class HSBITask(law.Task):
 
     @property
     def code_version(self) -> str:
-        return f"v{self.version}-{code_version('hsbi.store', *self.code_modules)}"
+        return f"v{self.version}-s{STORE_FORMAT}-{code_version(*self.code_modules)}"
 
-    def output(self) -> law.LocalDirectoryTarget:
-        return law.LocalDirectoryTarget(str(self.store.path(self.task_family, self.address)))
+    def output(self) -> StoreTarget:
+        return StoreTarget(self.store, self.task_family, self.address)
+
+    def provenance(self) -> dict[str, Any]:
+        """Recorded with the artifact, not hashed: enough to re-run the task (no paths)."""
+        return {
+            "task": self.task_family,
+            "branch": getattr(self, "branch", None),
+            "config": dataclasses.asdict(self.analysis),
+            "reproducibility": self.reproducibility,
+        }
 
     def artifact(self) -> Artifact:
         """This task's own artifact, verified."""
@@ -147,6 +210,7 @@ class HSBITask(law.Task):
             self.significant_params(),
             self.input_addresses(),
             self.code_version,
+            self.provenance(),
         ) as path:
             yield path
 

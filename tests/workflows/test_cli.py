@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _one_error_line(proc) -> str:

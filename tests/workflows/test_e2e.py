@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 pytestmark = pytest.mark.slow
 

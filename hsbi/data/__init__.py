@@ -1,0 +1,10 @@
+"""Data for training and inference: simulated samples and observed datasets."""
+
+from hsbi.data.simulation import (
+    Dataset,
+    simulate_observed,
+    simulate_training_samples,
+    training_arrays,
+)
+
+__all__ = ["Dataset", "simulate_observed", "simulate_training_samples", "training_arrays"]

@@ -1,0 +1,80 @@
+"""Simulated samples for ratio training (eq. 5 of arXiv:2503.07962) and observed datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hsbi.config import AnalysisConfig
+from hsbi.exceptions import DataError
+from hsbi.models.base import MixtureModel
+
+__all__ = ["Dataset", "simulate_observed", "simulate_training_samples", "training_arrays"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An observed (or toy) dataset: events ``x`` of shape ``(n, D)`` and the nuisance's
+    auxiliary measurement ``aux`` (same units as the nuisance)."""
+
+    x: np.ndarray
+    aux: float
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2 or not np.all(np.isfinite(self.x)):
+            raise DataError("dataset events must be a finite array of shape (n, D)")
+        if not np.isfinite(self.aux):
+            raise DataError(f"auxiliary measurement must be finite, got {self.aux!r}")
+
+
+def simulate_training_samples(model: MixtureModel, cfg: AnalysisConfig) -> dict[str, np.ndarray]:
+    """Numerator samples per process with ``z ~ U(range)`` and a reference sample.
+
+    The reference is the equal mixture of all processes at ``z0`` (``model.nuisance_reference``),
+    each event presented with a ``z`` drawn from the same uniform prior, so a classifier
+    ``f(x, z)`` learns ``p_c(x | z) / p_ref(x)``. Keys: ``{split}_{process}_{x|z}`` and
+    ``{split}_reference_{x|z}`` for split in train, val.
+    """
+    rng = np.random.default_rng(cfg.simulation.seed)
+    lo, hi = model.nuisance_range
+    z0 = cfg.model.nuisance_reference
+    out: dict[str, np.ndarray] = {}
+    for split, n in (("train", cfg.simulation.n_train), ("val", cfg.simulation.n_val)):
+        for proc in model.processes:
+            z = rng.uniform(lo, hi, n)
+            out[f"{split}_{proc}_x"] = model.sample(rng, proc, z).astype(np.float32)
+            out[f"{split}_{proc}_z"] = z.astype(np.float32)
+        which = rng.integers(0, len(model.processes), n)
+        x_ref = np.empty((n, model.n_features))
+        for i, proc in enumerate(model.processes):
+            sel = which == i
+            x_ref[sel] = model.sample(rng, proc, np.full(sel.sum(), z0))
+        out[f"{split}_reference_x"] = x_ref.astype(np.float32)
+        out[f"{split}_reference_z"] = rng.uniform(lo, hi, n).astype(np.float32)
+    return out
+
+
+def training_arrays(
+    samples: dict[str, np.ndarray], split: str, process: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, z, y)`` for one process's classifier: numerator ``y = 1``, reference ``y = 0``."""
+    try:
+        x = np.concatenate([samples[f"{split}_{process}_x"], samples[f"{split}_reference_x"]])
+        z = np.concatenate([samples[f"{split}_{process}_z"], samples[f"{split}_reference_z"]])
+    except KeyError as err:
+        raise DataError(f"training samples have no array {err.args[0]!r}") from None
+    n_num = len(samples[f"{split}_{process}_x"])
+    y = np.concatenate([np.ones(n_num), np.zeros(len(x) - n_num)]).astype(np.float32)
+    if len(x) == 0:
+        raise DataError(f"the {split} split for process {process!r} is empty")
+    return x, z, y
+
+
+def simulate_observed(model: MixtureModel, cfg: AnalysisConfig) -> Dataset:
+    """The 'observed' dataset at the configured truth, with its auxiliary measurement."""
+    inf = cfg.inference
+    rng = np.random.default_rng(inf.observed_seed)
+    x = model.sample_dataset(rng, inf.truth.mu, inf.truth.nuisance, inf.n_expected)
+    aux = inf.truth.nuisance + inf.constraint_sigma * rng.standard_normal()
+    return Dataset(x=x, aux=float(aux))

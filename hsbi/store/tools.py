@@ -1,0 +1,239 @@
+"""Store maintenance: listing, provenance trees, verification, garbage collection, reproduction."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hsbi.exceptions import StoreError
+from hsbi.store.store import MANIFEST_NAME, Store
+
+__all__ = [
+    "FileComparison",
+    "compare_artifacts",
+    "gc_plan",
+    "input_addresses",
+    "provenance_tree",
+    "reproduce",
+    "verify_all",
+]
+
+
+def input_addresses(manifest: Mapping[str, Any]) -> list[str]:
+    """The addresses an artifact was made from, flattened."""
+    inputs = manifest.get("inputs", {})
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs
+    out: list[str] = []
+    for value in values:
+        out += value if isinstance(value, list) else [value]
+    return out
+
+
+def provenance_tree(store: Store, address: str, indent: str = "") -> Iterator[str]:
+    """Lines describing an artifact and, recursively, its inputs."""
+    family = store.find(address)
+    m = store.manifest(family, address)
+    yield f"{indent}{family}/{address}  created {m.get('created')} on {m.get('host')}"
+    yield f"{indent}  code {m.get('code_version')}  packages " + ", ".join(
+        f"{k} {v}" for k, v in sorted(m.get("packages", {}).items())
+    )
+    yield f"{indent}  params {json.dumps(m.get('params'), sort_keys=True)}"
+    for addr in input_addresses(m):
+        yield from provenance_tree(store, addr, indent + "    ")
+
+
+def verify_all(store: Store, addresses: Iterable[str] | None = None) -> list[tuple[str, str | None]]:
+    """``(name, error or None)`` for every artifact (or the given addresses)."""
+    pairs = (
+        [(store.find(a), a) for a in addresses] if addresses is not None else list(store.artifacts())
+    )
+    results = []
+    for family, address in pairs:
+        try:
+            store.open(family, address)
+            results.append((f"{family}/{address}", None))
+        except StoreError as err:
+            results.append((f"{family}/{address}", str(err)))
+    return results
+
+
+@dataclass(frozen=True)
+class GCPlan:
+    keep: frozenset[tuple[str, str]]
+    remove: tuple[tuple[str, str], ...]
+    debris: tuple[Path, ...]
+    bytes_freed: int
+
+
+def gc_plan(store: Store, roots: Iterable[str] = (), keep_recent_days: float = 7.0) -> GCPlan:
+    """What to keep (reachable from ``roots`` or from artifacts younger than
+    ``keep_recent_days``) and what to remove; stale scratch and lock files count as debris."""
+    all_pairs = list(store.artifacts())
+    by_address = {a: f for f, a in all_pairs}
+    cutoff = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=keep_recent_days)
+    frontier = list(roots)
+    for family, address in all_pairs:
+        created = store.manifest(family, address).get("created")
+        if created and _dt.datetime.fromisoformat(created) >= cutoff:
+            frontier.append(address)
+    keep: set[tuple[str, str]] = set()
+    while frontier:
+        address = frontier.pop()
+        family = by_address.get(address)
+        if family is None or (family, address) in keep:
+            continue
+        keep.add((family, address))
+        frontier += input_addresses(store.manifest(family, address))
+    remove = tuple(p for p in all_pairs if p not in keep)
+    debris: list[Path] = []
+    if not store.remote or store.local.exists():
+        for sub in (".tmp", ".locks"):
+            folder = store.local / sub
+            if folder.is_dir():
+                debris += [p for p in folder.iterdir() if time.time() - p.stat().st_mtime > 3600]
+    return GCPlan(frozenset(keep), remove, tuple(debris), sum(store.size(*p) for p in remove))
+
+
+def apply_gc(store: Store, plan: GCPlan) -> None:
+    for family, address in plan.remove:
+        store.remove(family, address)
+    for path in plan.debris:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class FileComparison:
+    name: str
+    status: str  # "identical", "within tolerance", "differs", "missing"
+    detail: str = ""
+
+
+def _numbers(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, Mapping):
+        for key in sorted(obj):
+            yield key
+            yield from _numbers(obj[key])
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _numbers(item)
+    else:
+        yield obj
+
+
+def _close(a: Path, b: Path, rtol: float, atol: float) -> tuple[bool, str]:
+    suffix = a.suffix
+    if suffix == ".npz":
+        with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+            if sorted(x.files) != sorted(y.files):
+                return False, "different arrays"
+            worst = max((float(np.max(np.abs(x[k] - y[k]), initial=0)) for k in x.files), default=0)
+            return all(np.allclose(x[k], y[k], rtol=rtol, atol=atol) for k in x.files), f"max |diff| {worst:.3g}"
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        x, y = load_file(str(a)), load_file(str(b))
+        if sorted(x) != sorted(y):
+            return False, "different tensors"
+        worst = max((float(np.max(np.abs(x[k] - y[k]), initial=0)) for k in x), default=0)
+        return all(np.allclose(x[k], y[k], rtol=rtol, atol=atol) for k in x), f"max |diff| {worst:.3g}"
+    if suffix == ".json":
+        xa, ya = list(_numbers(json.loads(a.read_text()))), list(_numbers(json.loads(b.read_text())))
+        if len(xa) != len(ya):
+            return False, "different structure"
+        for u, v in zip(xa, ya):
+            if isinstance(u, (int, float)) and isinstance(v, (int, float)):
+                if not np.isclose(u, v, rtol=rtol, atol=atol):
+                    return False, f"{u} vs {v}"
+            elif u != v:
+                return False, f"{u!r} vs {v!r}"
+        return True, "numbers within tolerance"
+    return False, "binary file differs"
+
+
+def compare_artifacts(
+    original: Path, other: Path, manifest: Mapping[str, Any], tolerance: Mapping[str, float] | None
+) -> list[FileComparison]:
+    """Compare files by hash; with a declared tolerance, numerically where hashes differ."""
+    new_manifest = json.loads((other / MANIFEST_NAME).read_text())
+    out = []
+    for name, meta in sorted(manifest["files"].items()):
+        new = new_manifest["files"].get(name)
+        if new is None:
+            out.append(FileComparison(name, "missing"))
+        elif new["sha256"] == meta["sha256"]:
+            out.append(FileComparison(name, "identical"))
+        elif tolerance:
+            ok, detail = _close(original / name, other / name, tolerance.get("rtol", 0), tolerance.get("atol", 0))
+            out.append(FileComparison(name, "within tolerance" if ok else "differs", detail))
+        else:
+            out.append(FileComparison(name, "differs", "sha256 differs (bitwise reproducibility declared)"))
+    return out
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    family: str
+    address: str
+    new_address: str
+    files: list[FileComparison] = field(default_factory=list)
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    log: str = ""
+
+    @property
+    def match(self) -> bool:
+        return self.address == self.new_address and all(
+            f.status in ("identical", "within tolerance") for f in self.files
+        )
+
+
+def reproduce(store: Store, address: str, scratch: Path | None = None, law: str = "law") -> Reproduction:
+    """Re-run the task that produced ``address`` into a scratch store holding copies of its
+    direct inputs, and compare the result with the original."""
+    family = store.find(address)
+    original = store.open(family, address)
+    prov = original.manifest.get("provenance") or {}
+    if "config" not in prov or "task" not in prov:
+        raise StoreError(f"artifact {family}/{address} records no provenance to re-run it from")
+    scratch = Path(scratch or tempfile.mkdtemp(prefix="hsbi-reproduce-"))
+    target = Store(scratch / "store")
+    for addr in input_addresses(original.manifest):
+        fam = store.find(addr)
+        src = store.open(fam, addr).path
+        shutil.copytree(src, target.path(fam, addr))
+    config = scratch / "config.yaml"
+    config.write_text(yaml.safe_dump(prov["config"], sort_keys=False))
+    cmd = [law, "run", prov["task"], "--config", str(config)]
+    if prov.get("branch") is not None and prov["branch"] >= 0:
+        cmd += ["--branch", str(prov["branch"])]
+    env = {**os.environ, "HSBI_STORE": str(target.local)}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise StoreError(f"re-running {prov['task']} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    produced = [a for a in target.addresses(family) if a not in input_addresses(original.manifest)]
+    if not produced:
+        raise StoreError(f"re-running {prov['task']} produced no {family} artifact")
+    new_address = address if address in produced else produced[0]
+    tolerance = prov.get("reproducibility")
+    files = compare_artifacts(
+        original.path, target.open(family, new_address).path, original.manifest,
+        tolerance if isinstance(tolerance, Mapping) else None,
+    )
+    new_manifest = target.manifest(family, new_address)
+    changed = {
+        key: (original.manifest.get(key), new_manifest.get(key))
+        for key in ("code_version", "params", "inputs")
+        if original.manifest.get(key) != new_manifest.get(key)
+    }
+    return Reproduction(family, address, new_address, files, changed, proc.stdout[-2000:])
