@@ -15,15 +15,21 @@ __all__ = ["Dataset", "simulate_observed", "simulate_training_samples", "trainin
 
 @dataclass(frozen=True)
 class Dataset:
-    """An observed (or toy) dataset: events ``x`` of shape ``(n, D)`` and the nuisance's
-    auxiliary measurement ``aux`` (same units as the nuisance)."""
+    """An observed (or toy, or Asimov) dataset: events ``x`` of shape ``(n, D)``, the nuisance's
+    auxiliary measurement ``aux`` (same units as the nuisance) and optional event weights
+    ``(n,)`` (Asimov datasets carry expected counts as weights)."""
 
     x: np.ndarray
     aux: float
+    weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or not np.all(np.isfinite(self.x)):
             raise DataError("dataset events must be a finite array of shape (n, D)")
+        if self.weights is not None and (
+            self.weights.shape != (len(self.x),) or not np.all(np.isfinite(self.weights))
+        ):
+            raise DataError("dataset weights must be finite with one weight per event")
         if not np.isfinite(self.aux):
             raise DataError(f"auxiliary measurement must be finite, got {self.aux!r}")
 

@@ -1,10 +1,13 @@
 """Extended unbinned NLL with yields linear in the POI, profiled over a constrained nuisance.
 
-For a dataset ``{x_i}`` with per-process log densities ``l_ic(z)`` (or log ratios to a fixed
-reference: the difference cancels in every likelihood ratio), yields ``y_c(mu) = a_c + mu b_c``
-and a Gaussian auxiliary measurement ``aux`` of the nuisance with width ``sigma``:
+For a dataset ``{x_i}`` with event weights ``w_i`` (1 for real data; quadrature weights for
+Asimov data), per-process log densities ``l_ic(z)`` (or log ratios to a fixed reference: the
+difference cancels in every likelihood ratio), yields ``y_c(mu, z) = a_c(z) + mu b_c(z)`` and a
+Gaussian auxiliary measurement ``aux`` of the nuisance with width ``sigma`` (none if ``None``):
 
-    NLL(mu, z) = sum_c y_c(mu) - sum_i log sum_c y_c(mu) exp(l_ic(z)) + (z - aux)^2 / (2 sigma^2)
+    NLL(mu, z) = sum_c y_c - sum_i w_i log sum_c y_c exp(l_ic(z)) + (z - aux)^2 / (2 sigma^2)
+
+The nuisance may change shapes (through ``l_ic(z)``), rates (through ``a(z), b(z)``) or both.
 
 (``statistics.md``: extended NLL with constraint terms). NLL is convex in ``mu`` for fixed ``z``,
 so the POI is profiled by safeguarded Newton; the nuisance by a grid with a parabola through the
@@ -13,11 +16,15 @@ three lowest points (exact for a quadratic NLL; grids are chosen a fraction of s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Likelihood", "ProfiledGrid", "parabola_min"]
+__all__ = ["Likelihood", "ProfiledGrid", "YieldFn", "parabola_min"]
+
+#: ``yields(z)`` for nuisance values ``(K,)`` returns ``(a, b)``, each ``(K, C)``.
+YieldFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def parabola_min(grid: np.ndarray, values: np.ndarray) -> tuple[float, float, bool]:
@@ -39,35 +46,47 @@ def parabola_min(grid: np.ndarray, values: np.ndarray) -> tuple[float, float, bo
 
 @dataclass(frozen=True)
 class Likelihood:
-    """The extended NLL's fixed ingredients: yields, POI bounds and the nuisance constraint."""
+    """The extended NLL's fixed ingredients: yields, POI bounds and the nuisance constraint
+    (``aux_sigma=None``: the nuisance is free, constrained by the data alone)."""
 
-    a: np.ndarray  # (C,) yields at mu = 0
-    b: np.ndarray  # (C,) yield slope in mu
+    yields: YieldFn
     mu_bounds: tuple[float, float]
-    aux_sigma: float
+    aux_sigma: float | None
 
-    def grid(self, comps: np.ndarray, zs: np.ndarray, aux: float) -> ProfiledGrid:
+    def grid(
+        self, comps: np.ndarray, zs: np.ndarray, aux: float, weights: np.ndarray | None = None
+    ) -> ProfiledGrid:
         """Precompute a dataset's terms on the nuisance grid ``zs`` (``comps``: ``(K, n, C)``)."""
+        zs = np.asarray(zs, dtype=float)
+        w = np.ones(comps.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+        a, b = self.yields(zs)
         m = comps.max(axis=-1)  # (K, n)
         e = np.exp(comps - m[..., None])
+        constraint = 0.0 if self.aux_sigma is None else (zs - aux) ** 2 / (2 * self.aux_sigma**2)
         return ProfiledGrid(
             lik=self,
-            zs=np.asarray(zs, dtype=float),
-            A=e @ self.a,
-            B=e @ self.b,
-            offset=-m.sum(axis=1) + (zs - aux) ** 2 / (2 * self.aux_sigma**2),
+            zs=zs,
+            A=np.einsum("knc,kc->kn", e, a),
+            B=np.einsum("knc,kc->kn", e, b),
+            w=w,
+            sum_a=a.sum(axis=1),
+            sum_b=b.sum(axis=1),
+            offset=-(m * w).sum(axis=1) + constraint,
         )
 
 
 @dataclass(frozen=True)
 class ProfiledGrid:
-    """One dataset on a nuisance grid: ``NLL(mu, z_k) = sum(a) + mu sum(b)
-    - sum_i log(A_ki + mu B_ki) + offset_k``."""
+    """One dataset on a nuisance grid: ``NLL(mu, z_k) = sum_a_k + mu sum_b_k
+    - sum_i w_i log(A_ki + mu B_ki) + offset_k``."""
 
     lik: Likelihood
     zs: np.ndarray  # (K,)
     A: np.ndarray  # (K, n)
     B: np.ndarray  # (K, n)
+    w: np.ndarray  # (n,)
+    sum_a: np.ndarray  # (K,)
+    sum_b: np.ndarray  # (K,)
     offset: np.ndarray  # (K,)
 
     def nll(self, mu: float) -> np.ndarray:
@@ -75,21 +94,24 @@ class ProfiledGrid:
         lam = self.A + mu * self.B
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.where(lam > 0, np.log(np.where(lam > 0, lam, 1.0)), -np.inf)
-        return self.lik.a.sum() + mu * self.lik.b.sum() - logs.sum(axis=1) + self.offset
+        return self.sum_a + mu * self.sum_b - logs @ self.w + self.offset
 
     def profile(self, mu: float) -> tuple[float, float, bool]:
         """``(z_hat(mu), min_z NLL(mu, z), at_edge)``."""
         return parabola_min(self.zs, self.nll(mu))
 
-    def mu_hat_per_z(self, iterations: int = 40) -> tuple[np.ndarray, np.ndarray]:
-        """Conditional MLE of ``mu`` at each grid point and its NLL: two ``(K,)`` arrays."""
+    def mu_hat_per_z(self, iterations: int = 60) -> tuple[np.ndarray, np.ndarray]:
+        """Conditional MLE of ``mu`` at each grid point and its NLL: two ``(K,)`` arrays.
+
+        Safeguarded Newton on the convex ``NLL(mu)``: a bracket from the derivative's sign,
+        Newton steps inside it, bisection otherwise."""
         lo = np.full(len(self.zs), self.lik.mu_bounds[0], dtype=float)
         hi = np.full(len(self.zs), self.lik.mu_bounds[1], dtype=float)
-        sum_b = self.lik.b.sum()
 
         def derivs(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            ratio = self.B / (self.A + mu[:, None] * self.B)
-            return sum_b - ratio.sum(axis=1), (ratio**2).sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):  # at a bound lambda may be 0
+                ratio = self.B / (self.A + mu[:, None] * self.B)
+                return self.sum_b - ratio @ self.w, (ratio**2) @ self.w
 
         d_lo, _ = derivs(lo)
         d_hi, _ = derivs(hi)
@@ -103,10 +125,10 @@ class ProfiledGrid:
             step = mu - delta
             inside = (step >= lo) & (step <= hi)
             mu = np.where(interior, np.where(inside, step, 0.5 * (lo + hi)), mu)
-            if np.all(np.abs(delta[interior]) < 1e-12):
+            if np.all(np.abs(delta[interior]) < 1e-12 * np.maximum(1.0, np.abs(mu[interior]))):
                 break
         lam = self.A + mu[:, None] * self.B
-        nll = self.lik.a.sum() + mu * sum_b - np.log(lam).sum(axis=1) + self.offset
+        nll = self.sum_a + mu * self.sum_b - np.log(lam) @ self.w + self.offset
         return mu, nll
 
     def global_fit(self) -> tuple[float, float, float, bool]:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import chi2
 
 from hsbi.data import Dataset
@@ -42,13 +42,23 @@ class Interval:
 
 
 def make_likelihood(
-    model: MixtureModel, n_expected: float, aux_sigma: float, mu_bounds=(0.0, 1.0)
+    model: MixtureModel,
+    n_expected: float,
+    aux_sigma: float | None,
+    mu_bounds: tuple[float, float] | None = None,
 ) -> Likelihood:
-    a, b = model.yield_coefficients(n_expected)
-    return Likelihood(a=a, b=b, mu_bounds=tuple(mu_bounds), aux_sigma=aux_sigma)
+    """The extended likelihood of ``model`` (yields scaled by ``n_expected``); the nuisance has
+    a Gaussian constraint of width ``aux_sigma``, or none."""
+    return Likelihood(
+        yields=lambda zs: model.yield_coefficients(n_expected, zs),
+        mu_bounds=tuple(mu_bounds or model.poi_range),
+        aux_sigma=aux_sigma,
+    )
 
 
 def _sigma_from_curvature(zs: np.ndarray, nll: np.ndarray) -> float:
+    if len(zs) < 3:
+        return 0.0  # a fixed nuisance
     near = nll - nll.min() < 2.0
     if near.sum() < 3:
         return float(zs[1] - zs[0])
@@ -86,11 +96,20 @@ def fit_observed(
 ) -> ObservedFit:
     """Global fit and profile machinery for ``data`` with nuisance grid of ``points``."""
     zs = np.linspace(*nuisance_range, points)
-    grid = lik.grid(density.log_components(data.x, zs), zs, data.aux)
+    grid = lik.grid(density.log_components(data.x, zs), zs, data.aux, data.weights)
     mu_hat, z_hat, nll_min, _ = grid.global_fit()
     if not np.isfinite(nll_min):
         raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
-    _, nlls = grid.mu_hat_per_z()
+    mus, nlls = grid.mu_hat_per_z()
+    # refine mu_hat on the profile itself, so that t(mu_hat) = 0 exactly
+    k = int(np.argmin(nlls))
+    lo, hi = np.sort([mus[max(k - 1, 0)], mus[min(k + 1, len(mus) - 1)]])
+    pad = 1e-6 * (lik.mu_bounds[1] - lik.mu_bounds[0])
+    lo, hi = max(lik.mu_bounds[0], min(lo, mu_hat) - pad), min(lik.mu_bounds[1], max(hi, mu_hat) + pad)
+    best = minimize_scalar(lambda mu: grid.profile(mu)[1], bounds=(lo, hi), method="bounded",
+                           options={"xatol": 1e-10 * max(1.0, abs(mu_hat))})
+    mu_hat, nll_min = float(best.x), min(nll_min, float(best.fun))
+    z_hat = grid.profile(mu_hat)[0]
     return ObservedFit(grid, mu_hat, z_hat, nll_min, _sigma_from_curvature(zs, nlls))
 
 

@@ -2,11 +2,12 @@
 
 from hsbi.models.base import MixtureModel
 from hsbi.models.gaussian_rotation import GaussianRotation
+from hsbi.models.on_off import OnOffMixture
 
-__all__ = ["MixtureModel", "GaussianRotation", "MODELS", "build_model"]
+__all__ = ["MixtureModel", "GaussianRotation", "OnOffMixture", "MODELS", "build_model"]
 
 #: Registry of models by the name used in analysis configs.
-MODELS = {"gaussian_rotation": GaussianRotation}
+MODELS = {"gaussian_rotation": GaussianRotation, "on_off": OnOffMixture}
 
 
 def build_model(name: str, **kwargs: float) -> MixtureModel:

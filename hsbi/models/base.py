@@ -25,13 +25,15 @@ class ComponentDensity(Protocol):
 class MixtureModel:
     """A simulator with an exact likelihood: a mixture of processes with one nuisance.
 
-    Subclasses define ``processes``, ``nuisance_range``, ``log_components`` and ``sample``.
-    Mixture weights: process ``c`` has yield ``a_c + mu * b_c`` (see :meth:`yield_coefficients`).
+    Subclasses define ``processes``, ``nuisance_range``, ``poi_range``, ``log_components``,
+    ``sample`` and ``yield_coefficients``: process ``c`` has the expected yield
+    ``a_c(z) + mu * b_c(z)`` at nuisance value ``z``.
     """
 
     processes: tuple[str, ...] = ()
     n_features: int = 0
     nuisance_range: tuple[float, float] = (0.0, 0.0)
+    poi_range: tuple[float, float] = (0.0, 1.0)
 
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -42,17 +44,26 @@ class MixtureModel:
         """One event of ``process`` per entry of ``nuisance`` (shape ``(n,)``): ``(n, D)``."""
         raise NotImplementedError
 
-    def yield_coefficients(self, n_expected: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(a, b)`` of shape ``(C,)`` with expected yields ``a + mu * b``."""
+    def yield_coefficients(
+        self, n_expected: float, nuisance: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` of shape ``(K, C)`` for nuisance values ``(K,)``: yields ``a + mu * b``."""
         raise NotImplementedError
+
+    def support(self) -> list[tuple[float, float]]:
+        """Per feature, an interval holding all but a negligible fraction of every process."""
+        raise NotImplementedError
+
+    def yields(self, n_expected: float, mu: float, nuisance: float) -> np.ndarray:
+        """Expected yield per process at one point, shape ``(C,)``."""
+        a, b = self.yield_coefficients(n_expected, np.array([nuisance]))
+        return np.clip(a[0] + mu * b[0], 0.0, None)
 
     def sample_dataset(
         self, rng: np.random.Generator, mu: float, nuisance: float, n_expected: float
     ) -> np.ndarray:
         """An extended dataset: ``n ~ Poisson(sum of yields)``, processes by their yields."""
-        a, b = self.yield_coefficients(n_expected)
-        yields = np.clip(a + mu * b, 0.0, None)
-        counts = rng.poisson(yields)
+        counts = rng.poisson(self.yields(n_expected, mu, nuisance))
         parts = [
             self.sample(rng, proc, np.full(k, nuisance)) for proc, k in zip(self.processes, counts)
         ]
@@ -61,7 +72,7 @@ class MixtureModel:
 
     def log_prob(self, x: np.ndarray, mu: float, nuisance: float, n_expected: float) -> np.ndarray:
         """Normalised ``log p(x | mu, nuisance)`` per event, shape ``(n,)``."""
-        a, b = self.yield_coefficients(n_expected)
-        w = (a + mu * b) / np.sum(a + mu * b)
+        y = self.yields(n_expected, mu, nuisance)
+        w = y / y.sum()
         comps = self.log_components(x, np.array([nuisance]))[0]
         return np.log(np.exp(comps) @ w)

@@ -52,5 +52,15 @@ class GaussianRotation(MixtureModel):
         means = self.means(np.asarray(nuisance, dtype=float))[..., index, :]
         return means + rng.standard_normal(means.shape)
 
-    def yield_coefficients(self, n_expected: float) -> tuple[np.ndarray, np.ndarray]:
-        return np.array([0.0, n_expected]), np.array([n_expected, -n_expected])
+    def support(self) -> list[tuple[float, float]]:
+        """A box holding all but a negligible fraction of the density (for Asimov quadrature)."""
+        edge = self.radius + 7.0
+        return [(-edge, edge), (-edge, edge)]
+
+    def yield_coefficients(
+        self, n_expected: float, nuisance: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        k = len(np.atleast_1d(nuisance))
+        a = np.tile([0.0, n_expected], (k, 1))
+        b = np.tile([n_expected, -n_expected], (k, 1))
+        return a, b

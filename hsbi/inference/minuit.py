@@ -1,0 +1,60 @@
+"""Observed fits with iminuit (MIGRAD, MINOS) on the continuous extended NLL, as a cross-check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hsbi.data import Dataset
+from hsbi.exceptions import FitError
+from hsbi.inference.likelihood import Likelihood
+from hsbi.inference.profile import Interval
+from hsbi.models.base import ComponentDensity
+
+__all__ = ["MinuitFit", "minuit_fit"]
+
+
+@dataclass(frozen=True)
+class MinuitFit:
+    mu_hat: float
+    nuisance_hat: float
+    nll_min: float
+    interval: Interval  # MINOS, at the requested level
+    valid: bool
+
+
+def minuit_fit(
+    density: ComponentDensity,
+    lik: Likelihood,
+    data: Dataset,
+    nuisance_range: tuple[float, float],
+    start: tuple[float, float],
+    level: float = 0.6827,
+) -> MinuitFit:
+    """MIGRAD then MINOS in ``mu``; the density is evaluated at each nuisance value asked for."""
+    from iminuit import Minuit
+
+    w = np.ones(len(data.x)) if data.weights is None else data.weights
+
+    def nll(mu: float, z: float) -> float:
+        comps = density.log_components(data.x, np.array([z]))[0]
+        a, b = lik.yields(np.array([z]))
+        lam = np.exp(comps) @ (a[0] + mu * b[0])
+        constraint = 0.0 if lik.aux_sigma is None else (z - data.aux) ** 2 / (2 * lik.aux_sigma**2)
+        return float((a[0] + mu * b[0]).sum() - np.log(lam) @ w + constraint)
+
+    m = Minuit(nll, mu=start[0], z=start[1])
+    m.errordef = Minuit.LIKELIHOOD
+    m.limits["mu"] = lik.mu_bounds
+    m.limits["z"] = nuisance_range
+    m.strategy = 2
+    m.tol = 1e-4  # EDM < 2e-7: mu_hat to ~1e-3 sigma (the default 0.1 allows ~0.01 sigma)
+    m.migrad()
+    if not m.valid:
+        raise FitError(f"MIGRAD did not converge: {m.fmin}")
+    m.minos("mu", cl=level)
+    err = m.merrors["mu"]
+    low, high = m.values["mu"] + err.lower, m.values["mu"] + err.upper
+    return MinuitFit(float(m.values["mu"]), float(m.values["z"]), float(m.fval),
+                     Interval(level, float(low), float(high)), bool(m.valid and err.is_valid))
