@@ -10,6 +10,7 @@ import numpy as np
 from workflows.framework import HSBITask, HSBIWorkflow
 
 __all__ = [
+    "CoverageStudy",
     "InferProfileLikelihood",
     "NeymanToys",
     "SimulateObserved",
@@ -167,3 +168,29 @@ class InferProfileLikelihood(HSBITask):
                 truth=cfg.inference.truth.mu, title=f"{cfg.name}: {len(densities[cfg.estimator.kind].members)}-member {cfg.estimator.kind} ensemble vs exact",
             )
         self.publish_message(f"result: {self.output().path}/result.json")
+
+
+class CoverageStudy(HSBITask):
+    """Datasets thrown at the configured truth: coverage of Wilks and Neyman intervals (68.3%,
+    95%) with binomial errors and mean widths, for the trained estimator and the exact
+    likelihood; writes coverage.json and coverage.png."""
+
+    config_sections = ("inference",)
+    code_modules = ("hsbi.inference", "hsbi.plotting", "hsbi.models", "hsbi.estimators")
+    ignored_keys = ("inference.neyman", "inference.scan_points", "inference.observed_seed")
+
+    def requires(self) -> dict:
+        return {"estimator": TrainEstimator.req(self, branch=-1)}
+
+    def run(self) -> None:
+        from hsbi.inference.coverage import coverage_study
+        from hsbi.plotting import plot_test_statistic
+
+        cfg = self.analysis
+        model = cfg.model.build()
+        densities = {cfg.estimator.kind: _load_ensemble(self.requires()["estimator"]), "exact": model}
+        summary, t_values = self.run_hsbi(coverage_study, cfg, densities, model, progress=self.publish_message)
+        with self.write() as out:
+            (out / "coverage.json").write_text(json.dumps(summary, indent=1) + "\n")
+            plot_test_statistic(out / "coverage.png", t_values, {k: summary[k] for k in densities})
+        self.publish_message(f"coverage: {self.output().path}/coverage.json")

@@ -9,6 +9,7 @@ from hsbi.models import MODELS
 
 __all__ = [
     "AnalysisConfig",
+    "CoverageConfig",
     "EstimatorConfig",
     "InferenceConfig",
     "ModelConfig",
@@ -136,6 +137,22 @@ class NeymanConfig:
 
 
 @dataclass(frozen=True)
+class CoverageConfig:
+    datasets: int = 1000
+    seed: int = 23
+    width_datasets: int = 40
+
+    def __post_init__(self) -> None:
+        _require(self.datasets >= 10, "inference.coverage.datasets", self.datasets, "an integer >= 10")
+        _require(
+            0 <= self.width_datasets <= self.datasets,
+            "inference.coverage.width_datasets",
+            self.width_datasets,
+            "an integer between 0 and inference.coverage.datasets",
+        )
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     poi: str = "mu"
     truth: Truth = field(default_factory=Truth)
@@ -145,6 +162,7 @@ class InferenceConfig:
     levels: tuple[float, ...] = (0.6827, 0.95)
     scan_points: int = 121
     neyman: NeymanConfig = field(default_factory=NeymanConfig)
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
 
     def __post_init__(self) -> None:
         _require(self.poi == "mu", "inference.poi", self.poi, "'mu' (the signal fraction)")

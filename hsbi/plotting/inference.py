@@ -58,3 +58,34 @@ def plot_profile_and_belt(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_test_statistic(
+    path: Path, t_values: Mapping[str, np.ndarray], coverage: Mapping[str, Mapping], title: str = ""
+) -> None:
+    """Distribution of ``t_mu`` at the truth against chi2(1), with the coverage per level."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    upper = max(10.0, max(float(np.nanquantile(t, 0.995)) for t in t_values.values()))
+    bins = np.linspace(0, upper, 41)
+    for name, t in t_values.items():
+        t = t[np.isfinite(t)]
+        ax.hist(t, bins=bins, density=True, histtype="step", lw=1.4, color=_COLORS.get(name),
+                label=f"{name} ({len(t)} datasets)")
+    grid = np.linspace(bins[1] / 4, upper, 400)
+    ax.plot(grid, chi2.pdf(grid, 1), color="grey", ls="--", label=r"$\chi^2_1$")
+    lines = []
+    for name, entry in coverage.items():
+        for level, c in entry.items():
+            if isinstance(c, Mapping) and "asymptotic" in c:
+                a, n = c["asymptotic"], c["neyman"]
+                lines.append(f"{name} {level}%: Wilks {a['value']:.3f}±{a['error']:.3f}, "
+                             f"Neyman {n['value']:.3f}±{n['error']:.3f}")
+    ax.text(0.98, 0.75, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$t_\mu$ at the true $\mu$")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "test statistic at the truth and coverage", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
