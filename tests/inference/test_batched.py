@@ -1,0 +1,46 @@
+"""Batched Newton fits of many toys agree with the grid profile and with iminuit."""
+
+import numpy as np
+import pytest
+
+from hsbi.data import Dataset
+from hsbi.inference import fit_observed, make_likelihood, throw_toys, toy_statistics
+from hsbi.inference.batched import batched_t, prepare_toys
+from hsbi.inference.minuit import minuit_fit
+from hsbi.models import GaussianRotation, OnOffMixture
+
+
+def test_batched_t_matches_the_grid_profile_on_the_rotation_model():
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1)
+    toys = throw_toys(model, 0.2, np.pi / 4, 1000, 0.1, 200, seed=5)
+    t_grid, failed = toy_statistics(model, lik, toys, 0.2, np.pi / 4, 0.045, model.nuisance_range, points=7)
+    t_batch, edge = batched_t(prepare_toys(model, lik, toys, np.pi / 4, 0.075, model.nuisance_range), 0.2)
+    assert failed == 0 and not edge.any()
+    assert np.max(np.abs(t_batch - t_grid)) < 1e-3
+
+
+def test_batched_fit_agrees_with_minos_on_on_off_toys():
+    """On each toy, t at the MINOS edge of the 68.3% interval is 1 (the definition of MINOS)."""
+    model = OnOffMixture()
+    lik = make_likelihood(model, 1.0, None)
+    toys = [Dataset(t.x, aux=1.0) for t in throw_toys(model, 6.0, 1.0, 1.0, 1.0, 5, seed=9)]
+    for toy in toys:
+        mf = minuit_fit(model, lik, toy, model.nuisance_range, start=(6.0, 1.0))
+        prepared = prepare_toys(model, lik, [toy, toy], 1.0, 0.8, model.nuisance_range, degree=2)
+        for edge_value in (mf.interval.low, mf.interval.high):
+            (t_low, t_low2), edge = batched_t(prepared, edge_value, mu_start=mf.mu_hat)
+            assert not edge.any()
+            assert t_low == pytest.approx(1.0, abs=2e-3)
+            assert t_low2 == t_low
+
+
+def test_observed_and_batched_agree_on_t_curve():
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1)
+    toy = throw_toys(model, 0.25, 0.9, 1000, 0.1, 1, seed=2)[0]
+    fit = fit_observed(model, lik, toy, model.nuisance_range)
+    prepared = prepare_toys(model, lik, [toy], fit.nuisance_hat, 0.1, model.nuisance_range)
+    for mu in (0.22, 0.25, 0.28):
+        (t,), _ = batched_t(prepared, mu, mu_start=fit.mu_hat)
+        assert t == pytest.approx(fit.t(mu), abs=2e-3)
