@@ -19,11 +19,11 @@ __all__ = [
 ]
 
 
-def _load_ensemble(train: TrainEstimator):  # -> LREEnsemble
-    from hsbi.estimators import load_members
+def _load_ensemble(train: TrainEstimator):  # -> LREEnsemble | DLEEnsemble
+    from hsbi.estimators import load_ensemble
 
     branches = train.get_branch_tasks().values()
-    return load_members([b.artifact().path for b in branches])
+    return load_ensemble([b.artifact().path for b in branches])
 
 
 def _load_observed(task: SimulateObserved):  # -> Dataset
@@ -63,7 +63,8 @@ class SimulateObserved(HSBITask):
 
 
 class TrainEstimator(HSBIWorkflow):
-    """One branch per ensemble member (seed ``training.seed + member``), trained with Lightning."""
+    """One branch per ensemble member (seed ``training.seed + member``), trained with Lightning:
+    per-process ratio classifiers (``estimator.kind: lre``) or conditional flows (``dle``)."""
 
     config_sections = ("model", "estimator", "training")
     code_modules = ("hsbi.estimators", "hsbi.training", "hsbi.data.simulation")
@@ -82,17 +83,18 @@ class TrainEstimator(HSBIWorkflow):
         return {"samples": SimulateSamples.req(self)}
 
     def run(self) -> None:
-        from hsbi.estimators import save_member
-        from hsbi.training import train_lre_member
+        from hsbi.estimators import save_dle_member, save_member
+        from hsbi.training import TRAINERS
 
         cfg = self.analysis
         samples = self.requires()["samples"].artifact().arrays("samples.npz")
+        save = save_dle_member if cfg.estimator.kind == "dle" else save_member
         nets, history = self.run_hsbi(
-            train_lre_member, samples, cfg.model.build().processes, cfg.estimator, cfg.training,
+            TRAINERS[cfg.estimator.kind], samples, cfg.model.build().processes, cfg.estimator, cfg.training,
             seed=self.branch_data["seed"], label=f"TrainEstimator member {self.branch}",
         )
         with self.write() as out:
-            save_member(out, nets)
+            save(out, nets)
             (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 
 

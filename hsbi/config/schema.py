@@ -19,7 +19,7 @@ __all__ = [
     "Truth",
 ]
 
-ESTIMATOR_KINDS = ("lre",)
+ESTIMATOR_KINDS = ("lre", "dle")
 ACTIVATIONS = ("relu", "silu", "tanh", "elu")
 
 
@@ -66,6 +66,7 @@ class EstimatorConfig:
     kind: str = "lre"
     widths: tuple[int, ...] = (64, 64)
     activation: str = "silu"
+    transforms: int = 3  # dle: spline transforms of the flow
 
     def __post_init__(self) -> None:
         _require(self.kind in ESTIMATOR_KINDS, "estimator.kind", self.kind, f"one of {ESTIMATOR_KINDS}")
@@ -78,6 +79,7 @@ class EstimatorConfig:
         _require(
             self.activation in ACTIVATIONS, "estimator.activation", self.activation, f"one of {ACTIVATIONS}"
         )
+        _require(self.transforms >= 1, "estimator.transforms", self.transforms, "an integer >= 1")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,21 @@ class _EpochReport(L.Callback):
         )
 
 
+def _trainer(training: TrainingConfig, report: L.Callback) -> L.Trainer:
+    """A quiet single-process CPU Trainer that reports each epoch through ``report``."""
+    return L.Trainer(
+        max_epochs=training.max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=[report],
+    )
+
+
 def _tensors(samples: dict[str, np.ndarray], split: str, proc: str) -> tuple[torch.Tensor, ...]:
     x, z, y = training_arrays(samples, split, proc)
     inputs = torch.as_tensor(np.concatenate([x, z[:, None]], axis=1), dtype=torch.float32)
@@ -100,18 +115,7 @@ def train_lre_member(
         net = RatioNet(train_in.shape[1] - 1, estimator.widths, estimator.activation)
         net.set_standardisation(train_in)
         report = _EpochReport(f"{label} {proc}", log)
-        trainer = L.Trainer(
-            max_epochs=training.max_epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            callbacks=[report],
-        )
-        trainer.fit(
+        _trainer(training, report).fit(
             ClassifierModule(net, training),
             train_dataloaders=batch_loader(
                 train_in, train_y, batch_size=training.batch_size, shuffle=True, seed=seed
