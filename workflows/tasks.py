@@ -7,10 +7,11 @@ import json
 import luigi
 import numpy as np
 
-from workflows.framework import HSBITask, HSBIWorkflow
+from workflows.framework import HSBITask, HSBIWorkflow, UserError as UserError_
 
 __all__ = [
     "CoverageStudy",
+    "DiagnoseEnsemble",
     "InferProfileLikelihood",
     "NeymanToys",
     "SimulateObserved",
@@ -96,6 +97,39 @@ class TrainEstimator(HSBIWorkflow):
         with self.write() as out:
             save(out, nets)
             (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+
+
+class DiagnoseEnsemble(HSBITask):
+    """Closure of the LRE ensemble and of each member on the validation split: chi2 per
+    feature and process of the numerator against the reference reweighted by r(x, z);
+    writes closure.json and closure.png."""
+
+    config_sections = ("model", "estimator")
+    code_modules = ("hsbi.diagnostics", "hsbi.estimators")
+
+    def requires(self) -> dict:
+        return {"estimator": TrainEstimator.req(self, branch=-1), "samples": SimulateSamples.req(self)}
+
+    def run(self) -> None:
+        from hsbi.diagnostics import closure_chi2, plot_closure
+
+        if self.analysis.estimator.kind != "lre":
+            raise UserError_("DiagnoseEnsemble: closure needs ratio estimators (estimator.kind: lre)")
+        ens = _load_ensemble(self.requires()["estimator"])
+        s = self.requires()["samples"].artifact().arrays("samples.npz")
+        x_ref, z_ref = s["val_reference_x"], s["val_reference_z"]
+        member = ens.member_log_ratios(x_ref, z_ref)  # (M, n, C)
+        weights = {"ensemble": np.exp(member.mean(0))} | {f"member {m}": np.exp(r) for m, r in enumerate(member)}
+        result = {
+            name: {p: closure_chi2(s[f"val_{p}_x"], x_ref, w[:, c]) for c, p in enumerate(ens.processes)}
+            for name, w in weights.items()
+        }
+        with self.write() as out:
+            (out / "closure.json").write_text(json.dumps(result, indent=1) + "\n")
+            plot_closure(out / "closure.png", {p: s[f"val_{p}_x"] for p in ens.processes}, x_ref,
+                         {p: weights["ensemble"][:, c] for c, p in enumerate(ens.processes)},
+                         [f"x{i + 1}" for i in range(x_ref.shape[1])], result)
+        self.publish_message(f"closure: {self.output().path}/closure.json")
 
 
 class NeymanToys(HSBIWorkflow):

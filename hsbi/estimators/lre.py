@@ -116,6 +116,17 @@ class LREEnsemble:
         return h.squeeze(-1)
 
     @torch.inference_mode()
+    def member_log_ratios(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+        """Per member, process and event: ``log r_c(x_i, z_i)`` with one nuisance value per
+        event (``x (n, D)``, ``nuisance (n,)``); returns ``(M, n, C)``."""
+        inputs = torch.as_tensor(np.c_[x, nuisance], dtype=torch.float32)
+        logits = torch.cat(
+            [self._forward(inputs[s : s + self.chunk]) for s in range(0, len(inputs), self.chunk)], dim=1
+        )
+        m, c = len(self.members), len(self.processes)
+        return logits.reshape(m, c, -1).permute(0, 2, 1).double().numpy()
+
+    @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=np.float32)))
