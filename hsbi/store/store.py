@@ -300,7 +300,9 @@ class Store:
             for path in sorted(tmp.rglob("*")):
                 if path.is_file() and path.name != MANIFEST_NAME:
                     rel = path.relative_to(tmp).as_posix()
-                    self.fs.put_file(str(path), self._remote_path(family, address, rel))
+                    target = self._remote_path(family, address, rel)
+                    self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # no-op on object stores
+                    self.fs.put_file(str(path), target)
             self.fs.put_file(str(tmp / MANIFEST_NAME), self._remote_path(family, address, MANIFEST_NAME))
             return
         final = self.path(family, address)
