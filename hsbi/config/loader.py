@@ -6,7 +6,6 @@ import ast
 import dataclasses
 import math
 import operator
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,6 +52,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' = {value!r}: expected a list")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' = {value!r}: expected a mapping")
+        key_tp, val_tp = typing.get_args(tp) or (Any, Any)
+        return {
+            _convert(key_tp, k, key): _convert(val_tp, v, f"{key}.{k}") for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}' = {value!r}: expected true or false")
@@ -74,6 +80,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' = {value!r}: expected a finite number")
         return number
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # expressions such as `weight: 1` arrive as numbers from YAML
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' = {value!r}: expected a string")
         return value
@@ -89,6 +97,14 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             raise ConfigError(
                 f"unknown config key '{where}'; known keys here: {', '.join(names)}"
             )
+    missing = [
+        f.name for f in dataclasses.fields(cls)
+        if f.name not in data
+        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f" in '{prefix}'" if prefix else ""
+        raise ConfigError(f"missing config key '{missing[0]}'{where}")
     kwargs = {
         key: _convert(hints[key], value, f"{prefix}.{key}" if prefix else key)
         for key, value in data.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hsbi.config.samples import SampleConfig
 from hsbi.exceptions import ConfigError
 from hsbi.models import MODELS
 
@@ -67,6 +68,7 @@ class EstimatorConfig:
     widths: tuple[int, ...] = (64, 64)
     activation: str = "silu"
     transforms: int = 3  # dle: spline transforms of the flow
+
 
     def __post_init__(self) -> None:
         _require(self.kind in ESTIMATOR_KINDS, "estimator.kind", self.kind, f"one of {ESTIMATOR_KINDS}")
@@ -192,8 +194,11 @@ class AnalysisConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    samples: tuple[SampleConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [s.name for s in self.samples]
+        _require(len(set(names)) == len(names), "samples", names, "unique sample names")
         model = self.model.build()
         lo, hi = model.nuisance_range
         _require(
