@@ -222,8 +222,16 @@ class HSBITask(law.Task):
             raise UserError(f"{self.task_family}: {err}") from None
 
 
-class HSBIWorkflow(HSBITask, law.LocalWorkflow):
-    """A workflow whose branches are artifacts; ``branch_params`` enters each branch's address."""
+from workflows.remote import HSBIRemoteWorkflow  # noqa: E402 - only HSBIWorkflow needs it
+
+
+class HSBIWorkflow(HSBITask, law.LocalWorkflow, HSBIRemoteWorkflow):
+    """A workflow whose branches are artifacts; ``branch_params`` enters each branch's address.
+
+    Branches run in the ``law run`` process by default (``--workflow local``), or as batch jobs
+    with ``--workflow slurm`` or ``--workflow htcondor`` (see workflows/remote.py); the workflow
+    type does not enter the address, so the artifacts are the same either way.
+    """
 
     def branch_params(self) -> dict[str, Any]:
         return dict(self.branch_data)
