@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import luigi
 import numpy as np
 
 from workflows.framework import HSBITask, HSBIWorkflow, UserError as UserError_
