@@ -25,6 +25,8 @@
 # condor_status, condor_version) chroot with --userspec=UID:UID, so jobs run as UID, not root.
 # That user must be able to read the checkout and the venv and write the store and the job
 # directory; see "Running on a cluster" in the README.
+# daemons and chroot live in sbin, which a minimal PATH (CI, cron, batch jobs) may lack
+export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BASE="$(cd "${HERE}/../.." && pwd)"

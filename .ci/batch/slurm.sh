@@ -17,6 +17,8 @@
 # Clients need SLURM_CONF=$HSBI_SLURM_DIR/slurm.conf. Without accounting, law must list finished
 # jobs with `squeue --states=all` (law.cfg, [job] slurm_cmd_squeue). Jobs run as the submitting
 # user; the store and the checkout are the same paths on the "node" (it is this machine).
+# daemons and chroot live in sbin, which a minimal PATH (CI, cron, batch jobs) may lack
+export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 set -u
 D="${HSBI_SLURM_DIR:-${TMPDIR:-/tmp}/hsbi-slurm}"
 PORT="${HSBI_SLURM_PORT:-6817}"

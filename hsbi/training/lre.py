@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -22,6 +23,10 @@ __all__ = ["ClassifierModule", "train_lre_member"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# two of Lightning's warnings that say nothing to an hsbi user: a torch-internal deprecation, and
+# a hint to use srun whenever SLURM's client is installed (hsbi submits jobs through law instead)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system.*")
 
 
 class ClassifierModule(L.LightningModule):
