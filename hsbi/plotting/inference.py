@@ -28,7 +28,7 @@ def plot_profile_and_belt(
 ) -> None:
     """Left: t(mu) per estimator with Wilks thresholds. Right: observed t(mu) against the
     Neyman critical values per grid point (the belt); accepted where t <= c."""
-    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(12, 4.6))
     for name, t in scans.items():
         style = "--" if name == "exact" else "-"
         ax_l.plot(scan_mu, t, style, color=_COLORS.get(name), label=f"{name} profile")
@@ -39,10 +39,17 @@ def plot_profile_and_belt(
         ax_l.axhline(q, color="grey", lw=0.8, ls=":")
         ax_l.text(scan_mu[0], q, f" {100 * cl:.1f}% (Wilks)", va="bottom", fontsize=8, color="grey")
     for (name, crit), marker in zip(critical.items(), ("o", "s", "^")):
-        for cl, values in crit.items():
-            ax_r.plot(grid, values, marker=marker, ms=3, ls="-", lw=0.8, color=_COLORS.get(name),
-                      alpha=0.6, label=f"Neyman c({100 * float(cl):.1f}%) {name}")
+        for (cl, values), ls in zip(crit.items(), ("-", "--", ":")):
+            ax_r.plot(grid, values, marker=marker, ms=3, ls=ls, lw=0.8, color=_COLORS.get(name),
+                      alpha=0.7, label=f"critical value {100 * float(cl):.1f}% ({name})")
             ax_r.axhline(chi2.ppf(float(cl), 1), color="grey", lw=0.6, ls=":")
+            t_obs = scans.get(name)
+            if t_obs is not None:
+                inside = (scan_mu >= grid[0]) & (scan_mu <= grid[-1])
+                accepted = inside & (t_obs <= np.interp(scan_mu, grid, values))
+                ax_r.fill_between(scan_mu, 0, 0.35 if ls == "-" else 0.7, where=accepted,
+                                  color=_COLORS.get(name), alpha=0.15, step="mid", lw=0,
+                                  label=f"Neyman {100 * float(cl):.1f}% interval ({name})")
     for ax in (ax_l, ax_r):
         ax.axvline(truth, color="tab:red", lw=0.8, label="truth")
         ax.set_xlabel(r"$\mu$ (signal fraction)")
@@ -51,8 +58,8 @@ def plot_profile_and_belt(
     ax_r.set_xlim(grid[0], grid[-1])
     ax_l.set_title("profile likelihood scan")
     ax_r.set_title("Neyman construction (accepted where t <= c)")
-    ax_l.legend(fontsize=8)
-    ax_r.legend(fontsize=7, loc="upper center")
+    ax_l.legend(fontsize=8, loc="upper right")
+    ax_r.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
