@@ -123,8 +123,11 @@ class NeymanConfig:
     points: int = 11
     toys: int = 200
     seed: int = 11
+    method: str = "simulator"  # or "pool": toys from per-process pools, batched Newton fits
 
     def __post_init__(self) -> None:
+        _require(self.method in ("simulator", "pool"), "inference.neyman.method", self.method,
+                 "'simulator' (fresh events per toy) or 'pool' (resampled pools, batched fits)")
         _require(
             0.0 <= self.mu_min < self.mu_max <= 1.0,
             "inference.neyman.mu_min/mu_max",

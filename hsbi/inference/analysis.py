@@ -9,6 +9,7 @@ import numpy as np
 
 from hsbi.config import AnalysisConfig
 from hsbi.data import Dataset
+from hsbi.inference.batched import batched_t, pool_toys
 from hsbi.inference.profile import (
     Interval,
     ObservedFit,
@@ -28,6 +29,8 @@ __all__ = ["InferenceResult", "infer", "neyman_toys", "toy_seed"]
 #: (a 1-sigma step; a toy whose minimum falls on the window's edge is refitted 3 times wider).
 TOY_WINDOW_SIGMAS = 3.0
 TOY_WINDOW_POINTS = 7
+#: Half-width of the polynomial surrogates' window for pooled toys, in observed sigma_nuisance.
+POOL_WINDOW_SIGMAS = 5.0
 
 
 def toy_seed(base: int, mu: float) -> int:
@@ -55,6 +58,14 @@ def neyman_toys(
         fit = fit_observed(density, lik, observed, model.nuisance_range)
         z_gen = fit.nuisance_hat_hat(mu)
         seed = toy_seed(inf.neyman.seed, mu)
+        if inf.neyman.method == "pool":
+            prepared = pool_toys(density, lik, model, mu, z_gen, inf.n_expected, inf.neyman.toys,
+                                 seed, POOL_WINDOW_SIGMAS * fit.sigma_nuisance)
+            t, edge = batched_t(prepared, mu)
+            t[edge] = np.nan  # a fit on the window's edge is counted as failed
+            progress(f"NeymanToys mu={mu:g} [{name}]: {len(t)}/{len(t)} pooled toys")
+            out[name] = {"t": t, "failed": int(edge.sum()), "nuisance_generated": z_gen, "seed": seed}
+            continue
         toys = throw_toys(model, mu, z_gen, inf.n_expected, inf.constraint_sigma, inf.neyman.toys, seed)
 
         def report(done: int, total: int, name: str = name) -> None:

@@ -17,9 +17,9 @@ import torch
 
 from hsbi.data import Dataset
 from hsbi.inference.likelihood import Likelihood
-from hsbi.models.base import ComponentDensity
+from hsbi.models.base import ComponentDensity, MixtureModel
 
-__all__ = ["BatchedToys", "batched_t", "prepare_toys"]
+__all__ = ["BatchedToys", "batched_t", "pool_toys", "prepare_toys"]
 
 
 def _vandermonde(u: torch.Tensor, degree: int) -> torch.Tensor:
@@ -64,6 +64,47 @@ class BatchedToys:
         return nll
 
 
+def _window(center: float, half_width: float, nuisance_range: tuple[float, float]) -> tuple[float, float]:
+    lo = max(nuisance_range[0], center - half_width)
+    hi = min(nuisance_range[1], center + half_width)
+    return 0.5 * (lo + hi), 0.5 * (hi - lo)
+
+
+def _surrogate(
+    density: ComponentDensity, x: np.ndarray, center: float, half_width: float, degree: int,
+    chunk_events: int = 200_000,
+) -> np.ndarray:
+    """Per-event polynomial coefficients ``(n, C, degree + 1)`` in ``u`` over the window."""
+    nodes_u = np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))
+    inv = np.linalg.inv(np.vander(nodes_u, degree + 1, increasing=True))  # values -> coefficients
+    parts = [
+        np.einsum("dk,knc->ncd", inv, density.log_components(x[s : s + chunk_events], center + half_width * nodes_u))
+        for s in range(0, len(x), chunk_events)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, len(density.processes), degree + 1))
+
+
+def _assemble(coefs: Sequence[np.ndarray], weights: Sequence[np.ndarray | None], aux: Sequence[float],
+              lik: Likelihood, center: float, half_width: float, degree: int) -> BatchedToys:
+    n_max = max(1, max(len(c) for c in coefs))
+    n_proc = coefs[0].shape[1]
+    coef = np.zeros((len(coefs), n_max, n_proc, degree + 1))
+    w = np.zeros((len(coefs), n_max))
+    for b, (c, wb) in enumerate(zip(coefs, weights)):
+        coef[b, : len(c)] = c
+        w[b, : len(c)] = 1.0 if wb is None else wb
+    nodes_u = np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))
+    inv = np.linalg.inv(np.vander(nodes_u, degree + 1, increasing=True))
+    a, b = lik.yields(center + half_width * nodes_u)  # (K, C)
+    return BatchedToys(
+        coef=torch.as_tensor(coef), weights=torch.as_tensor(w),
+        aux=torch.as_tensor(np.asarray(aux, dtype=float)),
+        a_coef=torch.as_tensor(inv @ a).T.contiguous(), b_coef=torch.as_tensor(inv @ b).T.contiguous(),
+        center=center, half_width=half_width, u_bounds=(-1.0, 1.0), mu_bounds=lik.mu_bounds,
+        aux_sigma=lik.aux_sigma,
+    )
+
+
 def prepare_toys(
     density: ComponentDensity,
     lik: Likelihood,
@@ -72,48 +113,54 @@ def prepare_toys(
     half_width: float,
     nuisance_range: tuple[float, float],
     degree: int = 4,
-    chunk_events: int = 200_000,
 ) -> BatchedToys:
-    """Evaluate the density at Chebyshev nodes of ``center +- half_width`` and fit polynomials.
+    """Evaluate the density at Chebyshev nodes of ``center +- half_width`` (clipped to
+    ``nuisance_range``) for every toy's events and fit polynomials (exact at the nodes)."""
+    center, half_width = _window(center, half_width, nuisance_range)
+    x = np.concatenate([t.x for t in toys])
+    coef = _surrogate(density, x, center, half_width, degree)
+    offsets = np.cumsum([0] + [len(t.x) for t in toys])
+    return _assemble([coef[offsets[i] : offsets[i + 1]] for i in range(len(toys))],
+                     [t.weights for t in toys], [t.aux for t in toys], lik, center, half_width, degree)
 
-    The window is clipped to ``nuisance_range``; the fit interpolates exactly at the nodes."""
-    lo = max(nuisance_range[0], center - half_width)
-    hi = min(nuisance_range[1], center + half_width)
-    center, half_width = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    nodes_u = np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))
-    nodes_z = center + half_width * nodes_u
-    inv = np.linalg.inv(np.vander(nodes_u, degree + 1, increasing=True))  # values -> coefficients
-    n_max = max(len(t.x) for t in toys)
-    n_proc = len(density.processes)
-    coef = np.zeros((len(toys), n_max, n_proc, degree + 1))
-    weights = np.zeros((len(toys), n_max))
-    start = 0
-    while start < len(toys):
-        stop, n = start, 0
-        while stop < len(toys) and (n == 0 or n + len(toys[stop].x) <= chunk_events):
-            n += len(toys[stop].x)
-            stop += 1
-        comps = density.log_components(np.concatenate([t.x for t in toys[start:stop]]), nodes_z)
-        offset = 0
-        for b in range(start, stop):
-            k = len(toys[b].x)
-            coef[b, :k] = np.einsum("dk,knc->ncd", inv, comps[:, offset : offset + k])
-            weights[b, :k] = 1.0 if toys[b].weights is None else toys[b].weights
-            offset += k
-        start = stop
-    a, b = lik.yields(nodes_z)  # (K, C)
-    return BatchedToys(
-        coef=torch.as_tensor(coef),
-        weights=torch.as_tensor(weights),
-        aux=torch.as_tensor([t.aux for t in toys], dtype=torch.float64),
-        a_coef=torch.as_tensor(inv @ a).T.contiguous(),
-        b_coef=torch.as_tensor(inv @ b).T.contiguous(),
-        center=center,
-        half_width=half_width,
-        u_bounds=(-1.0, 1.0),
-        mu_bounds=lik.mu_bounds,
-        aux_sigma=lik.aux_sigma,
-    )
+
+def pool_toys(
+    density: ComponentDensity,
+    lik: Likelihood,
+    model: MixtureModel,
+    mu: float,
+    nuisance: float,
+    n_expected: float,
+    n_toys: int,
+    seed: int,
+    half_width: float,
+    pool_factor: float = 20.0,
+    degree: int = 4,
+) -> BatchedToys:
+    """Toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates are computed once.
+
+    Each process's pool holds ``pool_factor`` times its expected yield, simulated at the toy
+    point; a toy takes ``n_c ~ Poisson(y_c)`` distinct events of each pool (a draw without
+    replacement within a toy; toys overlap by about ``1 / pool_factor``). The auxiliary
+    measurement is resampled per toy. Network evaluations drop by about ``n_toys / pool_factor``.
+    """
+    center, half_width = _window(nuisance, half_width, model.nuisance_range)
+    rng = np.random.default_rng(seed)
+    yields = model.yields(n_expected, mu, nuisance)
+    pools = []
+    for proc, y in zip(model.processes, yields):
+        size = int(np.ceil(max(pool_factor * y, 10 * np.sqrt(y) + 50))) if y > 0 else 0
+        x = model.sample(rng, proc, np.full(size, nuisance))
+        pools.append(_surrogate(density, x, center, half_width, degree))
+    coefs = []
+    for _ in range(n_toys):
+        counts = rng.poisson(yields)
+        coefs.append(np.concatenate([
+            pool[rng.choice(len(pool), size=min(k, len(pool)), replace=False)]
+            for pool, k in zip(pools, counts)
+        ]))
+    aux = nuisance + (lik.aux_sigma or 0.0) * rng.standard_normal(n_toys)
+    return _assemble(coefs, [None] * n_toys, aux, lik, center, half_width, degree)
 
 
 def _powers(u: torch.Tensor, degree: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

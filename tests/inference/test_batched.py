@@ -44,3 +44,21 @@ def test_observed_and_batched_agree_on_t_curve():
     for mu in (0.22, 0.25, 0.28):
         (t,), _ = batched_t(prepared, mu, mu_start=fit.mu_hat)
         assert t == pytest.approx(fit.t(mu), abs=2e-3)
+
+
+def test_pooled_toys_reproduce_the_simulator_critical_values():
+    """400 pooled toys and 400 simulator toys at the same point: both give P(t < 1) and
+    P(t < 3.84) within 3 binomial standard errors of 68.3% and 95% (t follows chi2(1) here)."""
+    from hsbi.inference.batched import pool_toys
+
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1)
+    pooled = pool_toys(model, lik, model, 0.2, np.pi / 4, 1000, 400, seed=4, half_width=0.075)
+    t_pool, edge = batched_t(pooled, 0.2)
+    sim = throw_toys(model, 0.2, np.pi / 4, 1000, 0.1, 400, seed=5)
+    t_sim, _ = toy_statistics(model, lik, sim, 0.2, np.pi / 4, 0.045, model.nuisance_range, points=7)
+    assert not edge.any()
+    for level, nominal in ((0.6827, 1.0), (0.95, 3.84)):
+        p, s_ = np.mean(t_pool < nominal), np.mean(t_sim < nominal)
+        se = np.sqrt(level * (1 - level) / 400)
+        assert abs(p - level) < 3 * se and abs(s_ - level) < 3 * se
