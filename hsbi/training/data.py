@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-__all__ = ["TensorBatches", "batch_loader"]
+__all__ = ["ShuffledBatches", "TensorBatches", "batch_loader"]
 
 
 class TensorBatches(Dataset):
@@ -24,10 +24,37 @@ class TensorBatches(Dataset):
         return tuple(t[idx] for t in self.tensors)
 
 
+class ShuffledBatches:
+    """An iterable of batches sliced from one permutation of the rows per epoch: no index
+    lists, no collation. A new permutation (from a seeded generator) at every ``iter()``."""
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        if len({len(t) for t in tensors}) != 1:
+            raise ValueError("all tensors must have the same first dimension")
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204
+        n = len(self.tensors[0])
+        if self.shuffle:
+            perm = torch.randperm(n, generator=self.generator)
+            data = [t[perm] for t in self.tensors]  # one gather per epoch, then contiguous slices
+        else:
+            data = list(self.tensors)
+        for i in range(0, n, self.batch_size):
+            yield tuple(t[i : i + self.batch_size] for t in data)
+
+
 def batch_loader(
     *tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    """A ``DataLoader`` yielding batches of ``batch_size`` rows via a batch sampler."""
+    """Batches of ``batch_size`` rows: shuffled slices of one permutation per epoch
+    (:class:`ShuffledBatches`), or a sequential ``DataLoader`` with a batch sampler."""
+    if shuffle:
+        return ShuffledBatches(*tensors, batch_size=batch_size, shuffle=True, seed=seed)
     data = TensorBatches(*tensors)
     if shuffle:
         base = RandomSampler(data, generator=torch.Generator().manual_seed(seed))

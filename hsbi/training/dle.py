@@ -29,7 +29,7 @@ class FlowModule(L.LightningModule):
         (inputs,) = batch
         loss = -self.flow.log_prob(inputs).mean()
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(inputs))
-        return loss
+        return loss  # a flow step dwarfs the logging cost, unlike the small LRE classifier
 
     def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
         return self._step(batch, "train")

@@ -38,11 +38,21 @@ class ClassifierModule(L.LightningModule):
         self.cfg = cfg
         self.loss = nn.BCEWithLogitsLoss()
 
+        self._sums: dict[str, list[torch.Tensor | int]] = {}
+
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
         inputs, target = batch
         loss = self.loss(self.net(inputs), target)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        # accumulate here and log once per epoch: per-step self.log costs more than the step
+        total = self._sums.setdefault(stage, [torch.zeros(()), 0])
+        total[0] = total[0] + loss.detach() * len(target)
+        total[1] += len(target)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        total = self._sums.pop(stage, None)
+        if total and total[1]:
+            self.log(f"{stage}_loss", total[0] / total[1])
 
     def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
         return self._step(batch, "train")
@@ -50,9 +60,18 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
         return self._step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        # runs before the callbacks' on_train_epoch_end: both losses are there for the report
+        self._log_epoch("train")
+        self._log_epoch("val")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")  # when there is no validation loop
+
     def configure_optimizers(self):  # noqa: ANN201
         opt = torch.optim.Adam(
-            self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+            self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay,
+            fused=True,
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
         return [opt], [sched]
