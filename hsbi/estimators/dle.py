@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import zuko
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from hsbi.estimators.io import load_nets, save_nets
 
 __all__ = ["DLEEnsemble", "FlowNet", "load_dle_members", "save_dle_member"]
 
@@ -48,29 +48,13 @@ class FlowNet(nn.Module):
         return self.flow(std[:, d:]).log_prob(std[:, :d]) - torch.log(self.scale[:d]).sum()
 
 
-def save_dle_member(path: Path, flows: Mapping[str, FlowNet]) -> None:
-    """``weights.safetensors`` and ``estimator.json`` (no pickle)."""
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"{proc}.{key}": value.detach().contiguous()
-        for proc, flow in flows.items()
-        for key, value in flow.state_dict().items()
-    }
-    save_file(tensors, str(path / "weights.safetensors"))
-    meta = {"kind": "dle", "processes": list(flows), "hparams": next(iter(flows.values())).hparams}
-    (path / "estimator.json").write_text(json.dumps(meta, indent=1) + "\n")
+def save_dle_member(path: Path, nets: Mapping[str, FlowNet]) -> None:
+    """Write one ensemble member: ``weights.safetensors`` and ``estimator.json`` (no pickle)."""
+    save_nets(path, nets, "dle")
 
 
 def _load_member(path: Path) -> dict[str, FlowNet]:
-    meta = json.loads((path / "estimator.json").read_text())
-    tensors = load_file(str(path / "weights.safetensors"))
-    flows = {}
-    for proc in meta["processes"]:
-        flow = FlowNet(**meta["hparams"])
-        prefix = f"{proc}."
-        flow.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        flows[proc] = flow.eval()
-    return flows
+    return load_nets(path, FlowNet)
 
 
 def load_dle_members(paths: Sequence[Path]) -> DLEEnsemble:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from hsbi.estimators.io import load_nets, save_nets
 
 __all__ = ["LREEnsemble", "RatioNet", "load_members", "save_member"]
 
@@ -53,27 +53,11 @@ class RatioNet(nn.Module):
 
 def save_member(path: Path, nets: Mapping[str, RatioNet]) -> None:
     """Write one ensemble member: ``weights.safetensors`` and ``estimator.json`` (no pickle)."""
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"{proc}.{key}": value.detach().contiguous()
-        for proc, net in nets.items()
-        for key, value in net.state_dict().items()
-    }
-    save_file(tensors, str(path / "weights.safetensors"))
-    meta = {"kind": "lre", "processes": list(nets), "hparams": next(iter(nets.values())).hparams}
-    (path / "estimator.json").write_text(json.dumps(meta, indent=1) + "\n")
+    save_nets(path, nets, "lre")
 
 
 def _load_member(path: Path) -> dict[str, RatioNet]:
-    meta = json.loads((path / "estimator.json").read_text())
-    tensors = load_file(str(path / "weights.safetensors"))
-    nets = {}
-    for proc in meta["processes"]:
-        net = RatioNet(**meta["hparams"])
-        prefix = f"{proc}."
-        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        nets[proc] = net.eval()
-    return nets
+    return load_nets(path, RatioNet)
 
 
 def load_members(paths: Sequence[Path]) -> LREEnsemble:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -12,36 +12,17 @@ from hsbi.config import EstimatorConfig, TrainingConfig
 from hsbi.estimators import FlowNet
 from hsbi.exceptions import DataError
 from hsbi.training.data import batch_loader
-from hsbi.training.lre import _EpochReport, _trainer
+from hsbi.training.lre import _Module, fit_per_process
 
 __all__ = ["FlowModule", "train_dle_member"]
 
 
-class FlowModule(L.LightningModule):
+class FlowModule(_Module):
     """Maximum likelihood: the loss is ``-log p(x | z)`` averaged over the batch."""
 
-    def __init__(self, flow: FlowNet, cfg: TrainingConfig) -> None:
-        super().__init__()
-        self.flow = flow
-        self.cfg = cfg
-
-    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+    def loss_of(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         (inputs,) = batch
-        loss = -self.flow.log_prob(inputs).mean()
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(inputs))
-        return loss  # a flow step dwarfs the logging cost, unlike the small LRE classifier
-
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
-        return self._step(batch, "val")
-
-    def configure_optimizers(self):  # noqa: ANN201
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.learning_rate,
-                               weight_decay=self.cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
-        return [opt], [sched]
+        return -self.net.log_prob(inputs).mean()
 
 
 def _inputs(samples: dict[str, np.ndarray], split: str, proc: str) -> torch.Tensor:
@@ -64,18 +45,16 @@ def train_dle_member(
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, FlowNet], dict[str, list[dict[str, float]]]]:
     """Fit ``p_c(x | z)`` to each process's numerator sample; returns flows and histories."""
-    flows, history = {}, {}
-    for c, proc in enumerate(processes):
-        L.seed_everything(seed * 1000 + c, verbose=False)
+
+    def build(proc: str) -> tuple[FlowNet, FlowModule, Any, Any]:
         train_in, val_in = _inputs(samples, "train", proc), _inputs(samples, "val", proc)
         flow = FlowNet(train_in.shape[1] - 1, estimator.widths, estimator.transforms)
         flow.set_standardisation(train_in)
-        report = _EpochReport(f"{label} {proc}", log)
-        _trainer(training, report).fit(
+        return (
+            flow,
             FlowModule(flow, training),
-            train_dataloaders=batch_loader(train_in, batch_size=training.batch_size, shuffle=True, seed=seed),
-            val_dataloaders=batch_loader(val_in, batch_size=8192, shuffle=False),
+            batch_loader(train_in, batch_size=training.batch_size, shuffle=True, seed=seed),
+            batch_loader(val_in, batch_size=8192, shuffle=False),
         )
-        flows[proc] = flow.eval()
-        history[proc] = report.history
-    return flows, history
+
+    return fit_per_process(processes, training, seed, label, log, build)

@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -19,7 +20,7 @@ from hsbi.estimators import RatioNet
 from hsbi.exceptions import FitError
 from hsbi.training.data import batch_loader
 
-__all__ = ["ClassifierModule", "train_lre_member"]
+__all__ = ["ClassifierModule", "fit_per_process", "train_lre_member"]
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -29,24 +30,25 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system.*")
 
 
-class ClassifierModule(L.LightningModule):
-    """Binary cross-entropy on logits; Adam with cosine decay over ``max_epochs``."""
+class _Module(L.LightningModule):
+    """Shared by hsbi's estimators: subclasses give ``loss_of(batch)``. Losses are accumulated
+    and logged once per epoch (per-step ``self.log`` costs more than a small network's step);
+    Adam (fused) with cosine decay over ``max_epochs``."""
 
-    def __init__(self, net: RatioNet, cfg: TrainingConfig) -> None:
+    def __init__(self, net: nn.Module, cfg: TrainingConfig) -> None:
         super().__init__()
         self.net = net
         self.cfg = cfg
-        self.loss = nn.BCEWithLogitsLoss()
-
         self._sums: dict[str, list[torch.Tensor | int]] = {}
 
+    def loss_of(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
-        inputs, target = batch
-        loss = self.loss(self.net(inputs), target)
-        # accumulate here and log once per epoch: per-step self.log costs more than the step
+        loss = self.loss_of(batch)
         total = self._sums.setdefault(stage, [torch.zeros(()), 0])
-        total[0] = total[0] + loss.detach() * len(target)
-        total[1] += len(target)
+        total[0] = total[0] + loss.detach() * len(batch[0])
+        total[1] += len(batch[0])
         return loss
 
     def _log_epoch(self, stage: str) -> None:
@@ -75,6 +77,16 @@ class ClassifierModule(L.LightningModule):
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
         return [opt], [sched]
+
+
+class ClassifierModule(_Module):
+    """Binary cross-entropy on logits."""
+
+    loss = nn.BCEWithLogitsLoss()
+
+    def loss_of(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        inputs, target = batch
+        return self.loss(self.net(inputs), target)
 
 
 class _EpochReport(L.Callback):
@@ -121,6 +133,27 @@ def _tensors(samples: dict[str, np.ndarray], split: str, proc: str) -> tuple[tor
     return inputs, torch.as_tensor(y)
 
 
+def fit_per_process(
+    processes: tuple[str, ...],
+    training: TrainingConfig,
+    seed: int,
+    label: str,
+    log: Callable[[str], None],
+    build: Callable[[str], tuple[nn.Module, L.LightningModule, Any, Any]],
+) -> tuple[dict[str, nn.Module], dict[str, list[dict[str, float]]]]:
+    """For each process (seeded ``seed * 1000 + index``): ``build(process)`` gives the net, its
+    module and the train and validation loaders; fit them; return nets and per-epoch metrics."""
+    nets, history = {}, {}
+    for c, proc in enumerate(processes):
+        L.seed_everything(seed * 1000 + c, verbose=False)
+        net, module, train_loader, val_loader = build(proc)
+        report = _EpochReport(f"{label} {proc}", log)
+        _trainer(training, report).fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        nets[proc] = net.eval()
+        history[proc] = report.history
+    return nets, history
+
+
 def train_lre_member(
     samples: dict[str, np.ndarray],
     processes: tuple[str, ...],
@@ -131,21 +164,17 @@ def train_lre_member(
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, RatioNet], dict[str, list[dict[str, float]]]]:
     """Train one classifier per process; returns the nets and their per-epoch metrics."""
-    nets, history = {}, {}
-    for c, proc in enumerate(processes):
-        L.seed_everything(seed * 1000 + c, verbose=False)
+
+    def build(proc: str) -> tuple[RatioNet, ClassifierModule, Any, Any]:
         train_in, train_y = _tensors(samples, "train", proc)
         val_in, val_y = _tensors(samples, "val", proc)
         net = RatioNet(train_in.shape[1] - 1, estimator.widths, estimator.activation)
         net.set_standardisation(train_in)
-        report = _EpochReport(f"{label} {proc}", log)
-        _trainer(training, report).fit(
+        return (
+            net,
             ClassifierModule(net, training),
-            train_dataloaders=batch_loader(
-                train_in, train_y, batch_size=training.batch_size, shuffle=True, seed=seed
-            ),
-            val_dataloaders=batch_loader(val_in, val_y, batch_size=8192, shuffle=False),
+            batch_loader(train_in, train_y, batch_size=training.batch_size, shuffle=True, seed=seed),
+            batch_loader(val_in, val_y, batch_size=8192, shuffle=False),
         )
-        nets[proc] = net.eval()
-        history[proc] = report.history
-    return nets, history
+
+    return fit_per_process(processes, training, seed, label, log, build)
