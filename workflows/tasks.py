@@ -26,6 +26,11 @@ def _load_ensemble(train: TrainEstimator):  # -> LREEnsemble | DLEEnsemble
     return load_ensemble([b.artifact().path for b in branches])
 
 
+def _densities(cfg, train: TrainEstimator, model) -> dict:  # -> {kind: ensemble, "exact": model}
+    """The trained ensemble under its kind, and the exact likelihood for comparison."""
+    return {cfg.estimator.kind: _load_ensemble(train), "exact": model}
+
+
 def _load_observed(task: SimulateObserved):  # -> Dataset
     from hsbi.data import Dataset
 
@@ -157,7 +162,7 @@ class NeymanToys(HSBIWorkflow):
 
         cfg, reqs = self.analysis, self.requires()
         model = cfg.model.build()
-        densities = {cfg.estimator.kind: _load_ensemble(reqs["estimator"]), "exact": model}
+        densities = _densities(cfg, reqs["estimator"], model)
         toys = self.run_hsbi(
             neyman_toys, cfg, densities, model, _load_observed(reqs["observed"]),
             self.branch_data["mu"], progress=self.publish_message,
@@ -188,7 +193,7 @@ class InferProfileLikelihood(HSBITask):
 
         cfg, reqs = self.analysis, self.requires()
         model = cfg.model.build()
-        densities = {cfg.estimator.kind: _load_ensemble(reqs["estimator"]), "exact": model}
+        densities = _densities(cfg, reqs["estimator"], model)
         toys = []
         for branch in reqs["toys"].get_branch_tasks().values():
             art = branch.artifact()
@@ -223,7 +228,7 @@ class CoverageStudy(HSBITask):
 
         cfg = self.analysis
         model = cfg.model.build()
-        densities = {cfg.estimator.kind: _load_ensemble(self.requires()["estimator"]), "exact": model}
+        densities = _densities(cfg, self.requires()["estimator"], model)
         summary, t_values = self.run_hsbi(coverage_study, cfg, densities, model, progress=self.publish_message)
         with self.write() as out:
             (out / "coverage.json").write_text(json.dumps(summary, indent=1) + "\n")

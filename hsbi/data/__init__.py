@@ -2,9 +2,10 @@
 
 from hsbi.data.simulation import (
     Dataset,
+    numerator_arrays,
     simulate_observed,
     simulate_training_samples,
     training_arrays,
 )
 
-__all__ = ["Dataset", "simulate_observed", "simulate_training_samples", "training_arrays"]
+__all__ = ["Dataset", "numerator_arrays", "simulate_observed", "simulate_training_samples", "training_arrays"]

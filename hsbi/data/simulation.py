@@ -10,7 +10,13 @@ from hsbi.config import AnalysisConfig
 from hsbi.exceptions import DataError
 from hsbi.models.base import MixtureModel
 
-__all__ = ["Dataset", "simulate_observed", "simulate_training_samples", "training_arrays"]
+__all__ = [
+    "Dataset",
+    "numerator_arrays",
+    "simulate_observed",
+    "simulate_training_samples",
+    "training_arrays",
+]
 
 
 @dataclass(frozen=True)
@@ -61,16 +67,30 @@ def simulate_training_samples(model: MixtureModel, cfg: AnalysisConfig) -> dict[
     return out
 
 
+def numerator_arrays(
+    samples: dict[str, np.ndarray], split: str, process: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, z)`` of one process's numerator sample (density estimation needs no reference)."""
+    try:
+        x, z = samples[f"{split}_{process}_x"], samples[f"{split}_{process}_z"]
+    except KeyError as err:
+        raise DataError(f"training samples have no array {err.args[0]!r}") from None
+    if len(x) == 0:
+        raise DataError(f"the {split} split for process {process!r} is empty")
+    return x, z
+
+
 def training_arrays(
     samples: dict[str, np.ndarray], split: str, process: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, z, y)`` for one process's classifier: numerator ``y = 1``, reference ``y = 0``."""
+    x_num, z_num = numerator_arrays(samples, split, process)
     try:
-        x = np.concatenate([samples[f"{split}_{process}_x"], samples[f"{split}_reference_x"]])
-        z = np.concatenate([samples[f"{split}_{process}_z"], samples[f"{split}_reference_z"]])
+        x = np.concatenate([x_num, samples[f"{split}_reference_x"]])
+        z = np.concatenate([z_num, samples[f"{split}_reference_z"]])
     except KeyError as err:
         raise DataError(f"training samples have no array {err.args[0]!r}") from None
-    n_num = len(samples[f"{split}_{process}_x"])
+    n_num = len(x_num)
     y = np.concatenate([np.ones(n_num), np.zeros(len(x) - n_num)]).astype(np.float32)
     if len(x) == 0:
         raise DataError(f"the {split} split for process {process!r} is empty")

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import zuko
-from torch import nn
 
-from hsbi.estimators.io import load_nets, save_nets
+from hsbi.estimators.io import Standardised, load_nets, save_nets
 
 __all__ = ["DLEEnsemble", "FlowNet", "load_dle_members", "save_dle_member"]
 
 
-class FlowNet(nn.Module):
+class FlowNet(Standardised):
     """A neural spline flow ``p(x | z)`` (zuko ``NSF``) with standardised features and context.
 
     Arguments:
@@ -30,17 +29,11 @@ class FlowNet(nn.Module):
     """
 
     def __init__(self, n_features: int, widths: Sequence[int], transforms: int = 3) -> None:
-        super().__init__()
+        super().__init__(n_features + 1)
         self.hparams = {"n_features": n_features, "widths": list(widths), "transforms": transforms}
         self.flow = zuko.flows.NSF(
             features=n_features, context=1, transforms=transforms, hidden_features=tuple(widths)
         )
-        self.register_buffer("shift", torch.zeros(n_features + 1))
-        self.register_buffer("scale", torch.ones(n_features + 1))
-
-    def set_standardisation(self, inputs: torch.Tensor) -> None:
-        self.shift.copy_(inputs.mean(0))
-        self.scale.copy_(inputs.std(0).clamp_min(1e-6))
 
     def log_prob(self, inputs: torch.Tensor) -> torch.Tensor:
         std = (inputs - self.shift) / self.scale

@@ -6,10 +6,26 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["load_nets", "save_nets"]
+__all__ = ["Standardised", "load_nets", "save_nets"]
+
+
+class Standardised(nn.Module):
+    """A module whose inputs ``(N, D + 1)`` (features, then nuisance) are standardised with
+    buffers set from training data, so a saved state dict is self-contained."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+
+    def set_standardisation(self, inputs: torch.Tensor) -> None:
+        """Set input shift and scale from training inputs of shape ``(N, D + 1)``."""
+        self.shift.copy_(inputs.mean(0))
+        self.scale.copy_(inputs.std(0).clamp_min(1e-6))
 
 
 def save_nets(path: Path, nets: Mapping[str, nn.Module], kind: str) -> None:

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from hsbi.estimators.io import load_nets, save_nets
+from hsbi.estimators.io import Standardised, load_nets, save_nets
 
 __all__ = ["LREEnsemble", "RatioNet", "load_members", "save_member"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
-class RatioNet(nn.Module):
+class RatioNet(Standardised):
     """A classifier ``f(x, z)`` whose logit estimates ``log p_c(x | z) / p_ref(x)``.
 
     Arguments:
@@ -29,7 +29,7 @@ class RatioNet(nn.Module):
     """
 
     def __init__(self, n_features: int, widths: Sequence[int], activation: str = "silu") -> None:
-        super().__init__()
+        super().__init__(n_features + 1)
         self.hparams = {"n_features": n_features, "widths": list(widths), "activation": activation}
         layers: list[nn.Module] = []
         width_in = n_features + 1
@@ -38,13 +38,6 @@ class RatioNet(nn.Module):
             width_in = width
         layers.append(nn.Linear(width_in, 1))
         self.net = nn.Sequential(*layers)
-        self.register_buffer("shift", torch.zeros(n_features + 1))
-        self.register_buffer("scale", torch.ones(n_features + 1))
-
-    def set_standardisation(self, inputs: torch.Tensor) -> None:
-        """Set input shift and scale from training inputs of shape ``(N, D + 1)``."""
-        self.shift.copy_(inputs.mean(0))
-        self.scale.copy_(inputs.std(0).clamp_min(1e-6))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` for inputs ``(N, D + 1)`` (features, then nuisance)."""

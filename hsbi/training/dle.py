@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from hsbi.config import EstimatorConfig, TrainingConfig
+from hsbi.data import numerator_arrays
 from hsbi.estimators import FlowNet
-from hsbi.exceptions import DataError
 from hsbi.training.data import batch_loader
 from hsbi.training.lre import _Module, fit_per_process
 
@@ -26,12 +26,7 @@ class FlowModule(_Module):
 
 
 def _inputs(samples: dict[str, np.ndarray], split: str, proc: str) -> torch.Tensor:
-    try:
-        x, z = samples[f"{split}_{proc}_x"], samples[f"{split}_{proc}_z"]
-    except KeyError as err:
-        raise DataError(f"training samples have no array {err.args[0]!r}") from None
-    if len(x) == 0:
-        raise DataError(f"the {split} split for process {proc!r} is empty")
+    x, z = numerator_arrays(samples, split, proc)
     return torch.as_tensor(np.concatenate([x, z[:, None]], axis=1), dtype=torch.float32)
 
 
