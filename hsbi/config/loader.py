@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import math
 import operator
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,11 @@ def _eval_number(text: str) -> float:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # ``X | None``: null, or an X
+        (inner, *rest) = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        if rest:
+            raise TypeError(f"unsupported config type {tp} at {key}")
+        return None if value is None else _convert(inner, value, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
@@ -84,6 +90,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             value = str(value)  # expressions such as `weight: 1` arrive as numbers from YAML
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' = {value!r}: expected a string")
+        return value
+    if tp is Any:  # validated by its section (e.g. tune.space)
         return value
     raise TypeError(f"unsupported config type {tp} at {key}")
 

@@ -2,10 +2,11 @@
 
 from hsbi.data.simulation import (
     Dataset,
+    fold_samples,
     numerator_arrays,
     simulate_observed,
     simulate_training_samples,
     training_arrays,
 )
 
-__all__ = ["Dataset", "numerator_arrays", "simulate_observed", "simulate_training_samples", "training_arrays"]
+__all__ = ["Dataset", "fold_samples", "numerator_arrays", "simulate_observed", "simulate_training_samples", "training_arrays"]

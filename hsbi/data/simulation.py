@@ -9,9 +9,11 @@ import numpy as np
 from hsbi.config import AnalysisConfig
 from hsbi.exceptions import DataError
 from hsbi.models.base import MixtureModel
+from hsbi.models.constraint import Constraint
 
 __all__ = [
     "Dataset",
+    "fold_samples",
     "numerator_arrays",
     "simulate_observed",
     "simulate_training_samples",
@@ -67,6 +69,23 @@ def simulate_training_samples(model: MixtureModel, cfg: AnalysisConfig) -> dict[
     return out
 
 
+def fold_samples(samples: dict[str, np.ndarray], fold: int, folds: int) -> dict[str, np.ndarray]:
+    """Cross-training: the ``train`` split cut into ``folds`` contiguous parts (per class; events
+    are i.i.d.), part ``fold`` becoming the ``val`` split and the others the ``train`` split. The
+    original ``val`` split stays out of it (kept as ``heldout``: the Ensemble step's data)."""
+    if not 0 <= fold < folds:
+        raise DataError(f"fold {fold}: expected 0 <= fold < training.folds = {folds}")
+    out = {f"heldout_{k[4:]}": v for k, v in samples.items() if k.startswith("val_")}
+    for key, arr in samples.items():
+        if key.startswith("train_"):
+            parts = np.array_split(arr, folds)
+            if len(parts[fold]) == 0:
+                raise DataError(f"training sample {key!r} has {len(arr)} events: too few for {folds} folds")
+            out[f"val_{key[6:]}"] = parts[fold]
+            out[key] = np.concatenate(parts[:fold] + parts[fold + 1:])
+    return out
+
+
 def numerator_arrays(
     samples: dict[str, np.ndarray], split: str, process: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -102,5 +121,5 @@ def simulate_observed(model: MixtureModel, cfg: AnalysisConfig) -> Dataset:
     inf = cfg.inference
     rng = np.random.default_rng(inf.observed_seed)
     x = model.sample_dataset(rng, inf.truth.mu, inf.truth.nuisance, inf.n_expected)
-    aux = inf.truth.nuisance + inf.constraint_sigma * rng.standard_normal()
-    return Dataset(x=x, aux=float(aux))
+    aux = Constraint.of(inf.constraint, inf.constraint_sigma).sample(rng, inf.truth.nuisance)
+    return Dataset(x=x, aux=aux)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from hsbi.data import Dataset
+from hsbi.inference.profile import check_point
 from hsbi.models.base import MixtureModel
+from hsbi.models.quadrature import quadrature
 
 __all__ = ["asimov_dataset"]
 
@@ -17,13 +19,11 @@ def asimov_dataset(
 
     Any fit to it returns the generating values; ``t_mu`` on it is the median expected test
     statistic, so its Wilks intervals are the expected intervals (Cowan et al., arXiv:1007.1727).
-    ``points`` per feature defaults to 4000 in 1D and 220 in 2D.
+    The auxiliary measurement is the nuisance itself (the median of every constraint's
+    distribution). ``points`` per feature defaults to 4000 in 1D and 220 in 2D.
     """
-    box = model.support()
-    points = points or (4000 if len(box) == 1 else 220)
-    axes = [lo + (np.arange(points) + 0.5) * (hi - lo) / points for lo, hi in box]
-    cell = np.prod([(hi - lo) / points for lo, hi in box])
-    x = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+    check_point(model, mu, nuisance, "Asimov dataset")
+    x, cell = quadrature(model, points)
     yields = model.yields(n_expected, mu, nuisance)
     density = np.exp(model.log_components(x, np.array([nuisance]))[0]) @ yields
     keep = density > 1e-12 * density.max()

@@ -2,11 +2,14 @@
 
 For a dataset ``{x_i}`` with event weights ``w_i`` (1 for real data; quadrature weights for
 Asimov data), per-process log densities ``l_ic(z)`` (or log ratios to a fixed reference: the
-difference cancels in every likelihood ratio), yields ``y_c(mu, z) = a_c(z) + mu b_c(z)`` and a
-Gaussian auxiliary measurement ``aux`` of the nuisance with width ``sigma`` (none if ``None``):
+difference cancels in every likelihood ratio), yields ``y_c(mu, z) = a_c(z) + mu b_c(z)`` and an
+auxiliary measurement ``aux`` of the nuisance (``hsbi.models.constraint``: Gaussian of width
+``sigma``, log-normal of relative width ``sigma``, or none):
 
-    NLL(mu, z) = sum_c y_c - sum_i w_i log sum_c y_c exp(l_ic(z)) + (z - aux)^2 / (2 sigma^2)
+    NLL(mu, z) = sum_c y_c - sum_i w_i log sum_c y_c exp(l_ic(z)) + C(z; aux)
 
+with ``C = (z - aux)^2 / (2 sigma^2)`` (Gaussian), ``(log z - log aux)^2 / (2 sigma^2)``
+(log-normal) or 0. ``mu`` is restricted to ``mu_bounds``, ``z`` to ``nuisance_bounds``.
 The nuisance may change shapes (through ``l_ic(z)``), rates (through ``a(z), b(z)``) or both.
 
 (``statistics.md``: extended NLL with constraint terms). NLL is convex in ``mu`` for fixed ``z``,
@@ -20,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from hsbi.exceptions import ConfigError
+from hsbi.models.constraint import Constraint
 
 __all__ = ["Likelihood", "ProfiledGrid", "YieldFn", "parabola_min"]
 
@@ -44,14 +50,57 @@ def parabola_min(grid: np.ndarray, values: np.ndarray) -> tuple[float, float, bo
     return xm, float(a * xm**2 + b * xm + c), False
 
 
+def _interval(bounds: tuple[float, float], what: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in bounds)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ConfigError(f"{what} {bounds!r}: expected finite [low, high] with low < high")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Likelihood:
-    """The extended NLL's fixed ingredients: yields, POI bounds and the nuisance constraint
-    (``aux_sigma=None``: the nuisance is free, constrained by the data alone)."""
+    """The extended NLL's fixed ingredients: yields, POI bounds and the nuisance constraint.
+
+    ``aux_sigma``: the constraint's width (``None``: the nuisance is free, constrained by the
+    data alone); ``constraint``: ``"gaussian"`` (``aux_sigma`` absolute), ``"lognormal"``
+    (``aux_sigma`` relative) or ``"none"`` (``aux_sigma`` becomes ``None``), see
+    :class:`~hsbi.models.constraint.Constraint`; ``nuisance_bounds``: the nuisance's allowed
+    range (``None``: whatever range a fit is given)."""
 
     yields: YieldFn
     mu_bounds: tuple[float, float]
     aux_sigma: float | None
+    constraint: str = "gaussian"
+    nuisance_bounds: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        term = Constraint.of(self.constraint, self.aux_sigma)
+        object.__setattr__(self, "constraint", term.kind)
+        object.__setattr__(self, "aux_sigma", term.sigma)
+        object.__setattr__(self, "mu_bounds", _interval(self.mu_bounds, "POI bounds"))
+        if self.nuisance_bounds is not None:
+            object.__setattr__(self, "nuisance_bounds", _interval(self.nuisance_bounds, "nuisance bounds"))
+
+    @property
+    def aux_term(self) -> Constraint:
+        """The nuisance's auxiliary measurement (kind and width)."""
+        return Constraint.of(self.constraint, self.aux_sigma)
+
+    def constraint_nll(self, zs: np.ndarray, aux: float) -> np.ndarray:
+        """The constraint term at nuisance values ``zs`` (``(K,)``) for the measurement ``aux``."""
+        return self.aux_term.nll(zs, aux)
+
+    def nuisance_range(self, requested: tuple[float, float] | None = None) -> tuple[float, float]:
+        """``requested`` within ``nuisance_bounds`` (either alone when the other is ``None``)."""
+        if requested is None and self.nuisance_bounds is None:
+            raise ConfigError("the likelihood has no nuisance bounds: give the nuisance range to fit")
+        lo, hi = requested if requested is not None else self.nuisance_bounds
+        if self.nuisance_bounds is not None:
+            lo, hi = max(lo, self.nuisance_bounds[0]), min(hi, self.nuisance_bounds[1])
+        if lo > hi:
+            raise ConfigError(f"nuisance range {requested!r} lies outside the nuisance bounds "
+                              f"{self.nuisance_bounds!r}")
+        return float(lo), float(hi)
 
     def grid(
         self, comps: np.ndarray, zs: np.ndarray, aux: float, weights: np.ndarray | None = None
@@ -62,7 +111,7 @@ class Likelihood:
         a, b = self.yields(zs)
         m = comps.max(axis=-1)  # (K, n)
         e = np.exp(comps - m[..., None])
-        constraint = 0.0 if self.aux_sigma is None else (zs - aux) ** 2 / (2 * self.aux_sigma**2)
+        constraint = self.constraint_nll(zs, aux)
         return ProfiledGrid(
             lik=self,
             zs=zs,

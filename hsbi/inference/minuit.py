@@ -28,11 +28,14 @@ def minuit_fit(
     density: ComponentDensity,
     lik: Likelihood,
     data: Dataset,
-    nuisance_range: tuple[float, float],
+    nuisance_range: tuple[float, float] | None,
     start: tuple[float, float],
     level: float = 0.6827,
 ) -> MinuitFit:
-    """MIGRAD then MINOS in ``mu``; the density is evaluated at each nuisance value asked for."""
+    """MIGRAD then MINOS in ``mu``; the density is evaluated at each nuisance value asked for.
+
+    ``mu`` stays inside ``lik.mu_bounds``, the nuisance inside ``nuisance_range`` within
+    ``lik.nuisance_bounds`` (all of them when ``None``); the constraint term is the likelihood's."""
     from iminuit import Minuit
 
     w = np.ones(len(data.x)) if data.weights is None else data.weights
@@ -41,13 +44,12 @@ def minuit_fit(
         comps = density.log_components(data.x, np.array([z]))[0]
         a, b = lik.yields(np.array([z]))
         lam = np.exp(comps) @ (a[0] + mu * b[0])
-        constraint = 0.0 if lik.aux_sigma is None else (z - data.aux) ** 2 / (2 * lik.aux_sigma**2)
-        return float((a[0] + mu * b[0]).sum() - np.log(lam) @ w + constraint)
+        return float((a[0] + mu * b[0]).sum() - np.log(lam) @ w + lik.constraint_nll(z, data.aux))
 
     m = Minuit(nll, mu=start[0], z=start[1])
     m.errordef = Minuit.LIKELIHOOD
     m.limits["mu"] = lik.mu_bounds
-    m.limits["z"] = nuisance_range
+    m.limits["z"] = lik.nuisance_range(nuisance_range)
     m.strategy = 2
     m.tol = 1e-4  # EDM < 2e-7: mu_hat to ~1e-3 sigma (the default 0.1 allows ~0.01 sigma)
     m.migrad()

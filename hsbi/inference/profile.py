@@ -7,19 +7,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
+from scipy.special import logsumexp
 from scipy.stats import chi2
 
+from hsbi.config import InferenceConfig
 from hsbi.data import Dataset
-from hsbi.exceptions import FitError
+from hsbi.exceptions import ConfigError, FitError
 from hsbi.inference.likelihood import Likelihood, ProfiledGrid
 from hsbi.models.base import ComponentDensity, MixtureModel
+from hsbi.models.constraint import Constraint
 
 __all__ = [
     "Interval",
     "ObservedFit",
     "asymptotic_interval",
+    "check_point",
     "critical_values",
     "fit_observed",
+    "likelihood_from_config",
     "make_likelihood",
     "neyman_interval",
     "throw_toys",
@@ -41,19 +46,88 @@ class Interval:
         return self.low <= value <= self.high
 
 
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bool(bounds[0] <= value <= bounds[1])
+
+
+def check_point(model: MixtureModel, mu: float, nuisance: float, what: str) -> None:
+    """Raise :class:`ConfigError` when ``(mu, nuisance)`` lies outside the model's ranges."""
+    for name, value, bounds, label in (("mu", mu, model.poi_range, model.poi_label),
+                                       ("nuisance", nuisance, model.nuisance_range, model.nuisance_label)):
+        if not _inside(value, bounds):
+            raise ConfigError(f"{what} requested at {name} = {value:g}, outside the model's range "
+                              f"[{bounds[0]:g}, {bounds[1]:g}] of the {label}")
+
+
 def make_likelihood(
     model: MixtureModel,
     n_expected: float,
     aux_sigma: float | None,
     mu_bounds: tuple[float, float] | None = None,
+    *,
+    constraint: str = "gaussian",
+    nuisance_bounds: tuple[float, float] | None = None,
 ) -> Likelihood:
-    """The extended likelihood of ``model`` (yields scaled by ``n_expected``); the nuisance has
-    a Gaussian constraint of width ``aux_sigma``, or none."""
+    """The extended likelihood of ``model`` (yields scaled by ``n_expected``).
+
+    The nuisance has a ``constraint`` (gaussian, lognormal or none) of width ``aux_sigma``
+    (``None``: none); ``mu_bounds`` and ``nuisance_bounds`` default to the model's ranges and
+    must lie inside them."""
+    ranges = {"POI": (mu_bounds, model.poi_range), "nuisance": (nuisance_bounds, model.nuisance_range)}
+    for what, (bounds, full) in ranges.items():
+        if bounds is not None and not (_inside(bounds[0], full) and _inside(bounds[1], full)):
+            raise ConfigError(f"{what} bounds [{bounds[0]:g}, {bounds[1]:g}] outside the model's "
+                              f"range [{full[0]:g}, {full[1]:g}]")
     return Likelihood(
         yields=lambda zs: model.yield_coefficients(n_expected, zs),
         mu_bounds=tuple(mu_bounds or model.poi_range),
         aux_sigma=aux_sigma,
+        constraint=constraint,
+        nuisance_bounds=tuple(nuisance_bounds or model.nuisance_range),
     )
+
+
+def likelihood_from_config(inf: InferenceConfig, model: MixtureModel) -> Likelihood:
+    """The likelihood an analysis config declares: ``inference.n_expected``, ``poi_bounds``,
+    ``nuisance_bounds`` and the nuisance's ``constraint`` with ``constraint_sigma``."""
+    return make_likelihood(model, inf.n_expected, inf.constraint_sigma, inf.poi_bounds,
+                           constraint=inf.constraint, nuisance_bounds=inf.nuisance_bounds)
+
+
+def _density_name(density: ComponentDensity) -> str:
+    return getattr(density, "name", None) or type(density).__name__
+
+
+def _check_start(
+    name: str, comps: np.ndarray, zs: np.ndarray, lik: Likelihood, data: Dataset, processes: Sequence[str]
+) -> None:
+    """:class:`FitError` naming the density, the start point and the first offending event or
+    process when the NLL is not finite there. The start point is the middle of the POI bounds
+    and of the nuisance grid; NaN or +inf log densities count anywhere on the grid."""
+    mu0, k0 = 0.5 * (lik.mu_bounds[0] + lik.mu_bounds[1]), len(zs) // 2
+    bad = np.isnan(comps) | np.isposinf(comps)
+    if bad.any():
+        k, i, c = np.argwhere(bad)[0]
+        raise FitError(
+            f"{name}: the NLL is not finite at mu = {mu0:g}, nuisance = {zs[k]:g}: event {i} "
+            f"(x = {np.array2string(data.x[i], precision=4)}) has log density {comps[k, i, c]} "
+            f"for process '{processes[c]}'"
+        )
+    a, b = lik.yields(zs[k0 : k0 + 1])
+    y = a[0] + mu0 * b[0]
+    start = f"{name}: the NLL is not finite at the start point mu = {mu0:g}, nuisance = {zs[k0]:g}"
+    if not (np.all(np.isfinite(y)) and np.all(y >= 0)):
+        c = int(np.flatnonzero(~(np.isfinite(y) & (y >= 0)))[0])
+        raise FitError(f"{start}: process '{processes[c]}' has the yield {y[c]:g}")
+    with np.errstate(divide="ignore"):
+        log_lam = logsumexp(comps[k0] + np.log(y), axis=-1)
+    if not np.all(np.isfinite(log_lam)):
+        i = int(np.flatnonzero(~np.isfinite(log_lam))[0])
+        raise FitError(f"{start}: event {i} (x = {np.array2string(data.x[i], precision=4)}) has "
+                       f"zero intensity (log densities {comps[k0, i].tolist()}, yields {y.tolist()})")
+    if not np.isfinite(lik.constraint_nll(zs[k0], data.aux)):
+        raise FitError(f"{start}: the {lik.constraint} constraint term is not finite for the "
+                       f"auxiliary measurement {data.aux:g}")
 
 
 def _sigma_from_curvature(zs: np.ndarray, nll: np.ndarray) -> float:
@@ -91,12 +165,19 @@ def fit_observed(
     density: ComponentDensity,
     lik: Likelihood,
     data: Dataset,
-    nuisance_range: tuple[float, float],
+    nuisance_range: tuple[float, float] | None = None,
     points: int = 241,
+    name: str | None = None,
 ) -> ObservedFit:
-    """Global fit and profile machinery for ``data`` with nuisance grid of ``points``."""
-    zs = np.linspace(*nuisance_range, points)
-    grid = lik.grid(density.log_components(data.x, zs), zs, data.aux, data.weights)
+    """Global fit and profile machinery for ``data`` on a nuisance grid of ``points`` over
+    ``nuisance_range`` within ``lik.nuisance_bounds`` (all of them when ``None``).
+
+    Raises :class:`FitError` naming the density (``name``), the start point and the first
+    offending event or process when the NLL is not finite at the start."""
+    zs = np.linspace(*lik.nuisance_range(nuisance_range), points)
+    comps = density.log_components(data.x, zs)
+    _check_start(name or _density_name(density), comps, zs, lik, data, density.processes)
+    grid = lik.grid(comps, zs, data.aux, data.weights)
     mu_hat, z_hat, nll_min, _ = grid.global_fit()
     if not np.isfinite(nll_min):
         raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
@@ -129,19 +210,23 @@ def throw_toys(
     mu: float,
     nuisance: float,
     n_expected: float,
-    aux_sigma: float,
+    aux_sigma: float | None,
     n_toys: int,
     seed: int,
+    constraint: str = "gaussian",
 ) -> list[Dataset]:
-    """Pseudo-datasets at ``(mu, nuisance)``; the auxiliary measurement is resampled too."""
+    """Pseudo-datasets at ``(mu, nuisance)``; the auxiliary measurement is resampled from the
+    ``constraint``'s distribution with width ``aux_sigma`` (``aux = nuisance`` without one).
+
+    Raises :class:`ConfigError` when the point lies outside the model's ranges."""
+    check_point(model, mu, nuisance, "toys")
+    term = Constraint.of(constraint, aux_sigma)
     rng = np.random.default_rng(seed)
-    return [
-        Dataset(
-            x=model.sample_dataset(rng, mu, nuisance, n_expected),
-            aux=float(nuisance + aux_sigma * rng.standard_normal()),
-        )
-        for _ in range(n_toys)
-    ]
+    toys = []
+    for _ in range(n_toys):
+        x = model.sample_dataset(rng, mu, nuisance, n_expected)
+        toys.append(Dataset(x=x, aux=term.sample(rng, nuisance)))
+    return toys
 
 
 def _toy_t(grid: ProfiledGrid, mu: float) -> tuple[float, bool]:
@@ -157,18 +242,24 @@ def toy_statistics(
     mu: float,
     center: float,
     half_width: float,
-    nuisance_range: tuple[float, float],
+    nuisance_range: tuple[float, float] | None = None,
     points: int = 11,
     chunk_events: int = 50_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """``t_mu`` for each toy; returns the values and the number of failed fits (NaN entries).
 
-    Each toy is profiled on a nuisance window ``center +- half_width`` (``points`` values). A fit
-    whose minimum sits on the window's edge is redone on a window three times wider; one still on
-    an inner edge counts as failed and gives NaN (reported, never dropped silently).
+    Each toy is profiled on a nuisance window ``center +- half_width`` (``points`` values) within
+    ``nuisance_range`` and ``lik.nuisance_bounds``. A fit whose minimum sits on the window's edge
+    is redone on a window three times wider; one still on an inner edge counts as failed and
+    gives NaN (reported, never dropped silently). Raises :class:`ConfigError` when ``mu`` or
+    ``center`` lies outside the bounds, :class:`FitError` on non-finite log densities.
     """
-    lo, hi = nuisance_range
+    lo, hi = lik.nuisance_range(nuisance_range)
+    for what, value, bounds in (("mu", mu, lik.mu_bounds), ("nuisance", center, (lo, hi))):
+        if not _inside(value, bounds):
+            raise ConfigError(f"toys tested at {what} = {value:g}, outside the bounds "
+                              f"[{bounds[0]:g}, {bounds[1]:g}]")
 
     def window(width: float, k: int) -> np.ndarray:
         return np.linspace(max(lo, center - width), min(hi, center + width), k)
@@ -185,6 +276,11 @@ def toy_statistics(
         batch = toys[start:stop]
         comps = density.log_components(np.concatenate([d.x for d in batch]), zs)
         offsets = np.cumsum([0] + [len(d.x) for d in batch])
+        if not np.all(np.isfinite(comps) | np.isneginf(comps)):
+            bad = int(np.argwhere(np.isnan(comps) | np.isposinf(comps))[0, 1])
+            j = int(np.searchsorted(offsets, bad, side="right")) - 1
+            _check_start(f"{_density_name(density)} (toy {start + j})", comps[:, offsets[j] : offsets[j + 1]],
+                         zs, lik, batch[j], density.processes)
         for j, toy in enumerate(batch):
             value, edge = _toy_t(lik.grid(comps[:, offsets[j] : offsets[j + 1]], zs, toy.aux), mu)
             if edge:

@@ -27,13 +27,18 @@ class MixtureModel:
 
     Subclasses define ``processes``, ``nuisance_range``, ``poi_range``, ``log_components``,
     ``sample`` and ``yield_coefficients``: process ``c`` has the expected yield
-    ``a_c(z) + mu * b_c(z)`` at nuisance value ``z``.
+    ``a_c(z) + mu * b_c(z)`` at nuisance value ``z``. ``poi_label`` and ``nuisance_label`` say
+    what ``mu`` and ``z`` are (for messages and plots); ``parameters`` names the constructor
+    arguments an analysis config may set (``model.parameters``).
     """
 
     processes: tuple[str, ...] = ()
     n_features: int = 0
     nuisance_range: tuple[float, float] = (0.0, 0.0)
     poi_range: tuple[float, float] = (0.0, 1.0)
+    poi_label: str = "signal strength"
+    nuisance_label: str = "nuisance parameter"
+    parameters: tuple[str, ...] = ()
 
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,6 +34,13 @@ class GaussianRotation(MixtureModel):
     processes: tuple[str, ...] = ("signal", "background")
     n_features: int = 2
     nuisance_range: tuple[float, float] = (0.0, math.pi / 2)
+    poi_label: ClassVar[str] = "signal fraction"
+    nuisance_label: ClassVar[str] = "rotation angle z (rad)"
+    parameters: ClassVar[tuple[str, ...]] = ("radius",)
+
+    def __post_init__(self) -> None:
+        if not self.radius > 0:
+            raise ValueError(f"radius = {self.radius!r}: expected a positive number")
 
     def means(self, z: np.ndarray) -> np.ndarray:
         """Process means, shape ``(*z.shape, C, 2)`` (signal first)."""

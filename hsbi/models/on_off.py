@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,6 +35,18 @@ class OnOffMixture(MixtureModel):
     n_features: int = 1
     nuisance_range: tuple[float, float] = (0.2, 3.0)
     poi_range: tuple[float, float] = (0.0, 40.0)
+    poi_label: ClassVar[str] = "signal strength (signal yield / s)"
+    nuisance_label: ClassVar[str] = "background normalisation nu"
+    parameters: ClassVar[tuple[str, ...]] = (
+        "s", "b", "tau", "signal_mean", "signal_sigma", "background_mean", "background_sigma",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("s", "b", "signal_sigma", "background_sigma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: expected a positive number")
+        if not self.tau >= 0:
+            raise ValueError(f"tau = {self.tau!r}: expected a number >= 0")
 
     def _params(self) -> np.ndarray:
         return np.array([[self.signal_mean, self.signal_sigma],

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from hsbi.config import load_config
 from hsbi.data import Dataset
-from hsbi.exceptions import FitError
+from hsbi.exceptions import ConfigError, FitError
 from hsbi.inference import (
     asymptotic_interval,
     critical_values,
@@ -15,7 +16,9 @@ from hsbi.inference import (
     throw_toys,
     toy_statistics,
 )
-from hsbi.models import GaussianRotation
+from hsbi.inference.asimov import asimov_dataset
+from hsbi.inference.profile import likelihood_from_config
+from hsbi.models import GaussianRotation, OnOffMixture
 
 MODEL = GaussianRotation(radius=2.0)
 LIK = make_likelihood(MODEL, 1000, aux_sigma=0.1)
@@ -70,3 +73,118 @@ def test_critical_values_and_neyman_inversion():
     assert (iv.low, iv.high) == (pytest.approx(0.4, abs=1e-6), pytest.approx(0.6, abs=1e-6))
     with pytest.raises(FitError, match="widen inference.neyman"):
         neyman_interval(grid, np.full(11, 1.0), lambda mu: 100.0, 0.6827)
+
+
+# --- constraints, bounds and bad input -------------------------------------------------------
+
+ON_OFF = OnOffMixture()
+
+
+def test_lognormal_constraint_term_and_its_toys():
+    """log aux ~ N(log nu, sigma): mean and width of 4,000 thrown log aux within 4 standard errors;
+    the NLL term is (log nu - log aux)^2 / (2 sigma^2)."""
+    lik = make_likelihood(ON_OFF, 0.05, 0.2, constraint="lognormal")
+    assert lik.constraint_nll(np.array([2.0]), 1.0) == pytest.approx(np.log(2.0) ** 2 / (2 * 0.04))
+    toys = throw_toys(ON_OFF, 6.0, 1.5, 0.05, 0.2, 4000, seed=3, constraint="lognormal")
+    log_aux = np.log([t.aux for t in toys])
+    n = len(log_aux)
+    assert abs(log_aux.mean() - np.log(1.5)) < 4 * 0.2 / np.sqrt(n)
+    assert abs(log_aux.std(ddof=1) - 0.2) < 4 * 0.2 / np.sqrt(2 * (n - 1))
+
+
+def test_lognormal_fit_agrees_with_a_generic_minimiser():
+    lik = make_likelihood(ON_OFF, 1.0, 0.15, constraint="lognormal", nuisance_bounds=(0.5, 2.0))
+    data = Dataset(ON_OFF.sample_dataset(np.random.default_rng(4), 6.0, 1.0, 1.0), aux=1.2)
+
+    def nll(params):
+        mu, nu = params
+        y = ON_OFF.yields(1.0, mu, nu)
+        return y.sum() - np.log(np.exp(ON_OFF.log_components(data.x, np.array([nu]))[0]) @ y).sum() \
+            + np.log(nu / 1.2) ** 2 / (2 * 0.15**2)
+
+    fit = fit_observed(ON_OFF, lik, data, points=481)
+    ref = minimize(nll, x0=[5.0, 1.1], method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10})
+    assert fit.mu_hat == pytest.approx(ref.x[0], abs=1e-3)
+    assert fit.nuisance_hat == pytest.approx(ref.x[1], abs=1e-3)
+
+
+def test_no_constraint_throws_no_auxiliary_measurement():
+    lik = make_likelihood(ON_OFF, 1.0, 0.1, constraint="none")
+    assert (lik.constraint, lik.aux_sigma) == ("none", None)
+    toys = throw_toys(ON_OFF, 6.0, 1.3, 1.0, None, 3, seed=1)
+    assert [t.aux for t in toys] == [1.3, 1.3, 1.3]
+    with pytest.raises(ConfigError, match="nuisance constraint 'uniform'"):
+        make_likelihood(ON_OFF, 1.0, 0.1, constraint="uniform")
+
+
+def test_nuisance_bounds_restrict_the_fit():
+    lik = make_likelihood(ON_OFF, 1.0, None, nuisance_bounds=(1.1, 2.0))
+    data = Dataset(ON_OFF.sample_dataset(np.random.default_rng(5), 6.0, 1.0, 1.0), aux=1.0)
+    fit = fit_observed(ON_OFF, lik, data, ON_OFF.nuisance_range)
+    assert (fit.grid.zs[0], fit.grid.zs[-1]) == (1.1, 2.0)
+    with pytest.raises(ConfigError, match="nuisance bounds \\[0.1, 2\\] outside the model's range"):
+        make_likelihood(ON_OFF, 1.0, None, nuisance_bounds=(0.1, 2.0))
+
+
+def test_likelihood_from_the_default_config():
+    cfg = load_config()
+    lik = likelihood_from_config(cfg.inference, cfg.model.build())
+    assert (lik.mu_bounds, lik.constraint, lik.aux_sigma) == ((0.0, 1.0), "gaussian", 0.1)
+    assert lik.nuisance_bounds == pytest.approx((0.0, np.pi / 2))
+
+
+class _Broken:
+    """The exact on/off densities with one bad value: a NaN, or no process for one event."""
+
+    processes = ON_OFF.processes
+
+    def __init__(self, event: int, value: float, processes: slice) -> None:
+        self.event, self.value, self.slice = event, value, processes
+
+    def log_components(self, x, nuisance):
+        out = ON_OFF.log_components(x, nuisance)
+        out[:, self.event, self.slice] = self.value
+        return out
+
+
+@pytest.mark.parametrize(
+    "broken, match",
+    [
+        (_Broken(3, np.nan, slice(1, 2)), r"_Broken: the NLL is not finite at mu = 20, nuisance = 0.2: event 3 "
+                                          r"\(x = \[.*\]\) has log density nan for process 'background'"),
+        (_Broken(5, -np.inf, slice(None)), r"_Broken: the NLL is not finite at the start point mu = 20, "
+                                           r"nuisance = 1.6: event 5 \(x = \[.*\]\) has zero intensity"),
+    ],
+)
+def test_non_finite_nll_at_the_start_names_density_point_and_event(broken, match):
+    data = Dataset(ON_OFF.sample_dataset(np.random.default_rng(6), 6.0, 1.0, 1.0), aux=1.0)
+    with pytest.raises(FitError, match=match):
+        fit_observed(broken, make_likelihood(ON_OFF, 1.0, None), data)
+
+
+def test_a_nan_in_a_toy_names_the_toy():
+    toys = throw_toys(ON_OFF, 6.0, 1.0, 1.0, None, 2, seed=7)
+    with pytest.raises(FitError, match=r"_Broken \(toy 0\): the NLL is not finite at mu = 20, nuisance = 0.7: "
+                                       r"event 3 .* nan for process 'signal'"):
+        toy_statistics(_Broken(3, np.nan, slice(0, 1)), make_likelihood(ON_OFF, 1.0, None), toys, 6.0, 1.0, 0.3,
+                       points=7)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: throw_toys(ON_OFF, 50.0, 1.0, 1.0, None, 2, seed=1),
+         r"toys requested at mu = 50, outside the model's range \[0, 40\] of the signal strength"),
+        (lambda: throw_toys(ON_OFF, 6.0, 5.0, 1.0, None, 2, seed=1),
+         r"toys requested at nuisance = 5, outside the model's range \[0.2, 3\] of the background"),
+        (lambda: asimov_dataset(ON_OFF, -1.0, 1.0, 1.0), r"Asimov dataset requested at mu = -1, outside"),
+        (lambda: toy_statistics(ON_OFF, make_likelihood(ON_OFF, 1.0, None, (0.0, 10.0)), [], 12.0, 1.0, 0.3),
+         r"toys tested at mu = 12, outside the bounds \[0, 10\]"),
+        (lambda: toy_statistics(ON_OFF, make_likelihood(ON_OFF, 1.0, None), [], 6.0, 3.5, 0.3),
+         r"toys tested at nuisance = 3.5, outside the bounds \[0.2, 3\]"),
+    ],
+    ids=["mu-outside-model", "nuisance-outside-model", "asimov", "mu-outside-bounds", "center-outside-bounds"],
+)
+def test_toys_outside_the_bounds_are_refused(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()

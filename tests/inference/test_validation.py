@@ -3,13 +3,22 @@
 import numpy as np
 import pytest
 
+from helpers import ROOT
+
+from hsbi.config import load_config
 from hsbi.data import Dataset
 from hsbi.inference import asymptotic_interval, fit_observed, make_likelihood, throw_toys, toy_statistics
 from hsbi.inference.asimov import asimov_dataset
 from hsbi.inference.minuit import minuit_fit
+from hsbi.inference.profile import ObservedFit, likelihood_from_config
 from hsbi.models import GaussianRotation, OnOffMixture
 
 ON_OFF = OnOffMixture()
+
+
+def _curvature_sigma(fit: ObservedFit, mu: float, h: float = 0.02) -> float:
+    """``sigma_mu`` from ``t(mu +- h) = h^2 / sigma^2`` (exact for a parabolic profile)."""
+    return h * np.sqrt(2.0 / (fit.t(mu + h) + fit.t(mu - h)))
 
 
 @pytest.mark.parametrize("fixed, reference", [(False, 0.853), (True, 0.844)],
@@ -21,8 +30,7 @@ def test_on_off_fisher_width_from_asimov(fixed, reference):
     nuisance = ((1.0, 1.0), 1) if fixed else (ON_OFF.nuisance_range, 481)
     fit = fit_observed(ON_OFF, lik, asimov_dataset(ON_OFF, 6.0, 1.0, 1.0), *nuisance)
     assert fit.mu_hat == pytest.approx(6.0, abs=1e-4)
-    h = 0.02
-    sigma = h * np.sqrt(2.0 / (fit.t(6.0 + h) + fit.t(6.0 - h)))
+    sigma = _curvature_sigma(fit, 6.0)
     assert sigma == pytest.approx(reference, abs=6e-4)
     iv = asymptotic_interval(fit, 0.6827)  # the 68.3% Wilks interval: nearly +-sigma
     assert (iv.high - iv.low) / 2 == pytest.approx(sigma, rel=0.01)
@@ -31,12 +39,23 @@ def test_on_off_fisher_width_from_asimov(fixed, reference):
 def test_on_off_wilks_coverage_on_1000_toys():
     """Reference: 0.681 (68.3%) and 0.953 (95%); ours within 3 binomial standard errors."""
     lik = make_likelihood(ON_OFF, 1.0, None)
-    toys = throw_toys(ON_OFF, 6.0, 1.0, 1.0, 1.0, 1000, seed=3)
-    toys = [Dataset(t.x, aux=1.0) for t in toys]  # nu is free: no auxiliary measurement
+    toys = throw_toys(ON_OFF, 6.0, 1.0, 1.0, None, 1000, seed=3)  # nu is free: no auxiliary measurement
     t, failed = toy_statistics(ON_OFF, lik, toys, 6.0, 1.0, 0.6, ON_OFF.nuisance_range, points=25)
     assert failed == 0
     for q, p in ((1.0, 0.6827), (3.841, 0.95)):
         assert abs(np.mean(t < q) - p) < 3 * np.sqrt(p * (1 - p) / len(t))
+
+
+def test_on_off_config_gives_the_reference_width():
+    """tests/data/on_off.yaml through ``likelihood_from_config`` (nu free, bounds from the model):
+    the Asimov sigma_mu at its truth (mu = 6, nu = 1) is the reference 0.853."""
+    cfg = load_config(ROOT / "tests" / "data" / "on_off.yaml")
+    model, inf = cfg.model.build(), cfg.inference
+    lik = likelihood_from_config(inf, model)
+    assert (lik.constraint, lik.mu_bounds, lik.nuisance_bounds) == ("none", (0.0, 40.0), (0.2, 3.0))
+    asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected)
+    fit = fit_observed(model, lik, asimov, points=481)
+    assert _curvature_sigma(fit, inf.truth.mu) == pytest.approx(0.853, abs=6e-4)
 
 
 def test_minos_agrees_with_the_grid_profile():
