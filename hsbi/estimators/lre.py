@@ -20,19 +20,24 @@ class RatioNet(Standardised):
     """A classifier ``f(x, z)`` whose logit estimates ``log p_c(x | z) / p_ref(x)``.
 
     Arguments:
-        n_features: ``D``, the event features; the nuisance ``z`` is one more input.
+        n_features: ``D``, the event features.
         widths: hidden layer widths.
         activation: one of relu, silu, tanh, elu.
+        n_nuisances: ``P``, the nuisance inputs after the features (1: a scalar ``z``).
 
-    Inputs are standardised with buffers (``shift``, ``scale`` of shape ``(D + 1,)``) set from the
-    training data, so a saved state dict is self-contained.
+    Inputs are standardised with buffers (``shift``, ``scale`` of shape ``(D + P,)``) set from the
+    training data, so a saved state dict is self-contained. ``hparams`` names ``n_nuisances``
+    only when it is not 1 (so one-nuisance members saved before it existed load unchanged).
     """
 
-    def __init__(self, n_features: int, widths: Sequence[int], activation: str = "silu") -> None:
-        super().__init__(n_features + 1)
+    def __init__(self, n_features: int, widths: Sequence[int], activation: str = "silu",
+                 n_nuisances: int = 1) -> None:
+        super().__init__(n_features + n_nuisances)
         self.hparams = {"n_features": n_features, "widths": list(widths), "activation": activation}
+        if n_nuisances != 1:
+            self.hparams["n_nuisances"] = n_nuisances
         layers: list[nn.Module] = []
-        width_in = n_features + 1
+        width_in = n_features + n_nuisances
         for width in widths:
             layers += [nn.Linear(width_in, width), _ACTIVATIONS[activation]()]
             width_in = width
@@ -40,7 +45,7 @@ class RatioNet(Standardised):
         self.net = nn.Sequential(*layers)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N,)`` for inputs ``(N, D + 1)`` (features, then nuisance)."""
+        """Logits ``(N,)`` for inputs ``(N, D + P)`` (features, then nuisances)."""
         return self.net((inputs - self.shift) / self.scale).squeeze(-1)
 
 
@@ -62,7 +67,8 @@ class LREEnsemble:
     """Ensemble of per-process ratio classifiers; combines members by the mean log ratio.
 
     Implements the ``ComponentDensity`` interface: ``log_components(x, z)`` returns
-    ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)``. All ``M * C`` networks are evaluated
+    ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)`` (``z``: ``(K,)``, or ``(K, P)`` for
+    members with ``P`` nuisances). All ``M * C`` networks are evaluated
     together as one batched MLP (``baddbmm`` per layer) in chunks of ``chunk`` rows.
     """
 
@@ -84,7 +90,7 @@ class LREEnsemble:
         self._act = nets[0].net[1] if len(linears) > 1 else nn.Identity()
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of every network, ``(M * C, N)``, for inputs ``(N, D + 1)``."""
+        """Logits of every network, ``(M * C, N)``, for inputs ``(N, D + P)``."""
         h = (inputs.unsqueeze(0) - self._shift) / self._scale
         for i, (w, b) in enumerate(zip(self._weights, self._biases)):
             h = torch.baddbmm(b, h, w)
@@ -95,7 +101,7 @@ class LREEnsemble:
     @torch.inference_mode()
     def member_log_ratios(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         """Per member, process and event: ``log r_c(x_i, z_i)`` with one nuisance value per
-        event (``x (n, D)``, ``nuisance (n,)``); returns ``(M, n, C)``."""
+        event (``x (n, D)``, ``nuisance (n,)`` or ``(n, P)``); returns ``(M, n, C)``."""
         inputs = torch.as_tensor(np.c_[x, nuisance], dtype=torch.float32)
         logits = torch.cat(
             [self._forward(inputs[s : s + self.chunk]) for s in range(0, len(inputs), self.chunk)], dim=1
@@ -106,11 +112,10 @@ class LREEnsemble:
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=np.float32)))
+        z = np.asarray(nuisance, dtype=np.float32)
+        z_t = torch.as_tensor(z.reshape(-1, 1) if z.ndim < 2 else z)  # (K, P)
         n, k = x_t.shape[0], z_t.shape[0]
-        inputs = torch.cat(
-            [x_t.repeat(k, 1), z_t.repeat_interleave(n).unsqueeze(-1)], dim=1
-        )  # (K * n, D + 1)
+        inputs = torch.cat([x_t.repeat(k, 1), z_t.repeat_interleave(n, dim=0)], dim=1)  # (K * n, D + P)
         logits = torch.cat(
             [self._forward(inputs[s : s + self.chunk]) for s in range(0, k * n, self.chunk)], dim=1
         )  # (M * C, K * n)
