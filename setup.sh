@@ -29,8 +29,11 @@ action() {
 
     local venv="${HSBI_BASE}/.venv"
     local stamp="${venv}/.hsbi-installed"
-    if [ ! -f "${stamp}" ] || [ "${HSBI_REINSTALL:-0}" = "1" ]; then
-        echo "hsbi setup: creating ${venv} and installing dependencies (first call only; log: ${venv}/install.log)"
+    # the stamp holds the hash of pyproject.toml: changed dependencies are installed on the next call
+    local wanted
+    wanted="$(sha256sum "${HSBI_BASE}/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "${stamp}" 2>/dev/null)" != "${wanted}" ] || [ "${HSBI_REINSTALL:-0}" = "1" ]; then
+        echo "hsbi setup: installing into ${venv} (first call, or pyproject.toml changed; log: ${venv}/install.log)"
         [ -d "${venv}" ] || "${HSBI_PYTHON:-python3}" -m venv "${venv}" || return 1
         local log="${venv}/install.log"
         local pip="${venv}/bin/python -m pip install --disable-pip-version-check"
@@ -42,7 +45,7 @@ action() {
             echo "hsbi setup: installation failed; full log in ${log}" >&2
             return 1
         fi
-        touch "${stamp}"
+        echo "${wanted}" > "${stamp}"
     fi
     # shellcheck disable=SC1091
     source "${venv}/bin/activate" || return 1

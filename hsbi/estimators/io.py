@@ -1,8 +1,11 @@
-"""Saving and loading ensemble members without pickle: safetensors plus a JSON description."""
+"""Saving and loading ensemble members without pickle: safetensors plus a JSON description;
+optionally an ONNX export of each network for use outside Python and PyTorch."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,7 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["Standardised", "load_nets", "save_nets"]
+from hsbi.exceptions import ConfigError
+
+__all__ = ["Standardised", "export_onnx", "load_nets", "save_nets"]
 
 
 class Standardised(nn.Module):
@@ -53,3 +58,41 @@ def load_nets(path: Path, cls: type[nn.Module]) -> dict[str, nn.Module]:
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         nets[proc] = net.eval()
     return nets
+
+
+class _Output(nn.Module):
+    """The function a network exports: ``forward`` (ratio nets: logits) or ``log_prob`` (flows)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.log_prob(inputs) if hasattr(self.net, "log_prob") else self.net(inputs)
+
+
+def export_onnx(nets: Mapping[str, nn.Module], path: Path) -> list[Path]:
+    """Write each process's network as ``path/<process>.onnx`` (torch's ``dynamo`` exporter).
+
+    The graph takes ``inputs`` of shape ``(N, D + 1)`` (float32; features, then nuisance; any
+    ``N``) and returns ``(N,)``: the logit ``log r_c`` for a ratio net, ``log p_c(x | z)`` for a
+    flow. Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install hsbi[onnx]``).
+    """
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"config key 'estimator.onnx' = True: needs the package(s) {', '.join(missing)} "
+            "(pip install 'hsbi[onnx]'), or set it to false"
+        )
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    path.mkdir(parents=True, exist_ok=True)
+    files = []
+    for proc, net in nets.items():
+        example = torch.zeros(2, len(net.shift))
+        files.append(path / f"{proc}.onnx")
+        torch.onnx.export(
+            _Output(net).eval(), (example,), str(files[-1]), dynamo=True, input_names=["inputs"],
+            output_names=["output"], dynamic_shapes=({0: torch.export.Dim("rows")},),
+            verbose=False,
+        )
+    return files
