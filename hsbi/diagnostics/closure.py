@@ -2,8 +2,9 @@
 
 Per feature, weighted histograms of the reweighted reference and of the numerator are compared
 with ``chi2 = sum_bins (N - W)^2 / (N + sum w^2)`` after normalising ``W`` to ``N`` (the
-normalisation ``sum w / N``, ideally 1, is reported separately); ``ndf`` is the number of bins
-minus one. Binning: equal-population bins of the numerator sample.
+normalisation ``sum w / N``, ideally 1, is reported separately with its statistical error
+``sd(w) sqrt(m) / N`` for ``m`` reference events); ``ndf`` is the number of bins minus one.
+Binning: equal-population bins of the numerator sample.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["closure_chi2", "plot_closure"]
+__all__ = ["closure_chi2", "closure_metrics", "plot_closure"]
 
 
 def closure_chi2(
@@ -22,6 +23,7 @@ def closure_chi2(
     """One entry per feature (columns of ``numerator (n, F)`` and ``reference (m, F)``)."""
     out = []
     norm = float(weights.sum() / len(numerator))
+    norm_error = float(weights.std() * np.sqrt(len(weights)) / len(numerator))
     scaled = weights / norm
     for f in range(numerator.shape[1]):
         edges = np.quantile(numerator[:, f], np.linspace(0, 1, bins + 1))
@@ -30,7 +32,8 @@ def closure_chi2(
         w, _ = np.histogram(reference[:, f], edges, weights=scaled)
         w2, _ = np.histogram(reference[:, f], edges, weights=scaled**2)
         chi2 = float(np.sum((n - w) ** 2 / np.maximum(n + w2, 1e-12)))
-        out.append({"chi2": round(chi2, 3), "ndf": bins - 1, "normalisation": round(norm, 5)})
+        out.append({"chi2": round(chi2, 3), "ndf": bins - 1, "normalisation": round(norm, 5),
+                    "normalisation_error": round(norm_error, 5)})
     return out
 
 
@@ -66,3 +69,34 @@ def plot_closure(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def closure_metrics(
+    numerator: Mapping[str, np.ndarray],
+    reference: np.ndarray,
+    weights: Mapping[str, np.ndarray],
+    bins: int = 20,
+) -> dict[str, float]:
+    """Two closure scores of ratio estimates, averaged over processes and features (lower is better).
+
+    Arguments:
+        numerator: per process, its numerator sample ``(n_c, F)``.
+        reference: the reference sample ``(m, F)``.
+        weights: per process, ``r_c(x, z)`` of each reference event ``(m,)``.
+        bins: equal-population bins of :func:`closure_chi2`.
+
+    Returns ``closure_chi2_ndf``, the mean ``chi2 / ndf`` of :func:`closure_chi2`, and
+    ``closure_wasserstein``, the mean 1-D Wasserstein distance between numerator and reweighted
+    reference in units of the numerator's standard deviation of the feature.
+    """
+    from scipy.stats import wasserstein_distance
+
+    chi2, distance = [], []
+    for proc, x in numerator.items():
+        w = weights[proc]
+        chi2 += [c["chi2"] / c["ndf"] for c in closure_chi2(x, reference, w, bins)]
+        distance += [
+            wasserstein_distance(x[:, f], reference[:, f], v_weights=w) / max(float(x[:, f].std()), 1e-12)
+            for f in range(x.shape[1])
+        ]
+    return {"closure_chi2_ndf": float(np.mean(chi2)), "closure_wasserstein": float(np.mean(distance))}
