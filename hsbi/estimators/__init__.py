@@ -4,17 +4,29 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsbi.estimators.combine import (
+    Combination,
+    CombinedEnsemble,
+    fit_combination,
+    load_combined,
+    save_combination,
+)
 from hsbi.estimators.dle import DLEEnsemble, FlowNet, load_dle_members, save_dle_member
 from hsbi.estimators.lre import LREEnsemble, RatioNet, load_members, save_member
 
 __all__ = [
+    "Combination",
+    "CombinedEnsemble",
     "DLEEnsemble",
     "FlowNet",
     "LREEnsemble",
     "RatioNet",
+    "fit_combination",
+    "load_combined",
     "load_dle_members",
     "load_ensemble",
     "load_members",
+    "save_combination",
     "save_dle_member",
     "save_member",
 ]
