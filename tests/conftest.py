@@ -40,7 +40,7 @@ def law_run(store_root: Path):
 
 @pytest.fixture(scope="session")
 def filled_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with the 6 artifacts of one complete run of the micro DAG (read-only: copy it)."""
+    """A store with the 8 artifacts of one complete run of the micro DAG (read-only: copy it)."""
     store = tmp_path_factory.mktemp("filled") / "store"
     proc = run_micro(store)
     assert proc.returncode == 0, proc.stdout[-3000:]

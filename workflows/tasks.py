@@ -1,4 +1,4 @@
-"""The hsbi DAG: SimulateSamples -> TrainEstimator -> NeymanToys -> InferProfileLikelihood."""
+"""The hsbi DAG: SimulateSamples -> TrainEstimator -> NeymanToys -> ConfidenceBelt -> InferProfileLikelihood."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 
-from workflows.framework import HSBITask, HSBIWorkflow, UserError as UserError_
+from workflows.framework import HSBITask, HSBIWorkflow
 
 __all__ = [
+    "ConfidenceBelt",
     "CoverageStudy",
-    "DiagnoseEnsemble",
+    "Ensemble",
     "InferProfileLikelihood",
     "NeymanToys",
     "SimulateObserved",
@@ -19,16 +20,22 @@ __all__ = [
 ]
 
 
-def _load_ensemble(train: TrainEstimator):  # -> LREEnsemble | DLEEnsemble
-    from hsbi.estimators import load_ensemble
-
-    branches = train.get_branch_tasks().values()
-    return load_ensemble([b.artifact().path for b in branches])
+def _member_paths(train: TrainEstimator) -> list:
+    """The members' artifact directories in branch order (the member order of combination.json)."""
+    return [b.artifact().path for b in train.get_branch_tasks().values()]
 
 
-def _densities(cfg, train: TrainEstimator, model) -> dict:  # -> {kind: ensemble, "exact": model}
-    """The trained ensemble under its kind, and the exact likelihood for comparison."""
-    return {cfg.estimator.kind: _load_ensemble(train), "exact": model}
+def _densities(cfg, inputs: dict, model) -> dict:  # -> {kind: ensemble, "exact": model}
+    """The trained ensemble under its kind (combined as the Ensemble step fitted it, for ratio
+    estimators), and the exact likelihood for comparison."""
+    from hsbi.estimators import load_combined, load_ensemble
+
+    paths = _member_paths(inputs["estimator"])
+    if "ensemble" in inputs:
+        ensemble = load_combined(paths, inputs["ensemble"].artifact().path / "combination.json")
+    else:
+        ensemble = load_ensemble(paths)
+    return {cfg.estimator.kind: ensemble, "exact": model}
 
 
 def _load_observed(task: SimulateObserved):  # -> Dataset
@@ -36,6 +43,43 @@ def _load_observed(task: SimulateObserved):  # -> Dataset
 
     arrays = task.artifact().arrays("observed.npz")
     return Dataset(x=arrays["x"], aux=float(arrays["aux"]))
+
+
+def _estimator_inputs(task: HSBITask) -> dict:
+    """The trained members and, for ratio estimators, the Ensemble step that combines them."""
+    inputs = {"estimator": TrainEstimator.req(task, branch=-1)}
+    if task.analysis.estimator.kind == "lre":
+        inputs["ensemble"] = Ensemble.req(task)
+    return inputs
+
+
+def _inference_inputs(task: HSBITask) -> dict:
+    """What every inference task requires: the trained ensemble and the observed dataset."""
+    return {**_estimator_inputs(task), "observed": SimulateObserved.req(task)}
+
+
+#: the last analysis loaded by _fitted, by the addresses of its estimator members and observed data
+_FITTED: dict[tuple, tuple] = {}
+
+
+def _fitted(task: HSBITask) -> tuple:  # -> (model, densities, observed Dataset, {name: ObservedFit})
+    """The model, densities, observed dataset and observed fits of ``task``'s analysis, loaded
+    and fitted once per process: a run's NeymanToys branches, ConfidenceBelt and
+    InferProfileLikelihood share them (the key is the inputs' content addresses)."""
+    from hsbi.inference.analysis import observed_fits
+
+    inputs = _inference_inputs(task)
+    def address(name: str, req: HSBITask) -> str:
+        return str([b.address for b in req.get_branch_tasks().values()] if name == "estimator" else req.address)
+
+    key = (repr(task.analysis.inference), *(address(name, req) for name, req in sorted(inputs.items())))
+    if key not in _FITTED:
+        cfg = task.analysis
+        model = cfg.model.build()
+        densities, observed = _densities(cfg, inputs, model), _load_observed(inputs["observed"])
+        _FITTED.clear()
+        _FITTED[key] = (model, densities, observed, task.run_hsbi(observed_fits, cfg, densities, model, observed))
+    return _FITTED[key]
 
 
 class SimulateSamples(HSBITask):
@@ -68,144 +112,187 @@ class SimulateObserved(HSBITask):
 
 
 class TrainEstimator(HSBIWorkflow):
-    """One branch per ensemble member (seed ``training.seed + member``), trained with Lightning:
-    per-process ratio classifiers (``estimator.kind: lre``) or conditional flows (``dle``)."""
+    """One branch per ensemble member (seed ``training.seed + member``) and fold of the train
+    split (``training.folds``; 1: the whole train split, validated on the val split), trained
+    with Lightning: per-process ratio classifiers (``estimator.kind: lre``) or conditional
+    flows (``dle``)."""
 
     config_sections = ("model", "estimator", "training")
-    code_modules = ("hsbi.estimators", "hsbi.training", "hsbi.data.simulation")
-    ignored_keys = ("training.members", "training.seed")  # a member's seed is its branch data
+    code_modules = ("hsbi.estimators.io", "hsbi.estimators.lre", "hsbi.estimators.dle", "hsbi.training.data",
+                    "hsbi.training.fit", "hsbi.training.lre", "hsbi.training.dle", "hsbi.data.simulation")
+    # a member's seed is its branch data; the combination is the Ensemble step's
+    ignored_keys = ("training.members", "training.folds", "training.seed", "estimator.combine",
+                    "estimator.calibration", "estimator.normalise")
     # bitwise on one machine and thread count; elsewhere floating-point order may differ
     reproducibility = {"rtol": 1e-4, "atol": 1e-5}
 
     def create_branch_map(self) -> dict[int, dict[str, int]]:
         cfg = self.analysis.training
-        return {i: {"member": i, "seed": cfg.seed + i} for i in range(cfg.members)}
+        pairs = [(m, f) for m in range(cfg.members) for f in range(cfg.folds)]
+        return {i: {"member": m, "seed": cfg.seed + m, "fold": f, "folds": cfg.folds}
+                for i, (m, f) in enumerate(pairs)}
+
+    def _inputs(self) -> dict:
+        inputs = {"samples": SimulateSamples.req(self)}
+        if self.analysis.tune.apply:  # the search's best values; its address enters the members'
+            from workflows.tune import TuneHyperparameters
+
+            inputs["tune"] = TuneHyperparameters.req(self)
+        return inputs
 
     def workflow_requires(self) -> dict:
-        return {**super().workflow_requires(), "samples": SimulateSamples.req(self)}
+        return {**super().workflow_requires(), **self._inputs()}
 
     def requires(self) -> dict:
-        return {"samples": SimulateSamples.req(self)}
+        return self._inputs()
 
     def run(self) -> None:
+        from hsbi.config.tune import apply_tuned
+        from hsbi.data import fold_samples
         from hsbi.estimators import save_dle_member, save_member
+        from hsbi.estimators.io import export_onnx
         from hsbi.training import TRAINERS
 
-        cfg = self.analysis
-        samples = self.requires()["samples"].artifact().arrays("samples.npz")
+        cfg, reqs = self.analysis, self.requires()
+        if "tune" in reqs:
+            cfg = self.run_hsbi(apply_tuned, cfg, reqs["tune"].artifact().json("best.json")["overrides"])
+        samples = reqs["samples"].artifact().arrays("samples.npz")
+        fold, folds = self.branch_data["fold"], self.branch_data["folds"]
+        if folds > 1:
+            samples = self.run_hsbi(fold_samples, samples, fold, folds)
         save = save_dle_member if cfg.estimator.kind == "dle" else save_member
-        nets, history = self.run_hsbi(
-            TRAINERS[cfg.estimator.kind], samples, cfg.model.build().processes, cfg.estimator, cfg.training,
-            seed=self.branch_data["seed"], label=f"TrainEstimator member {self.branch}",
-        )
-        with self.write() as out:
+        with self.write() as out:  # training logs (training.logger) go into the artifact
+            nets, history = self.run_hsbi(
+                TRAINERS[cfg.estimator.kind], samples, cfg.model.build().processes, cfg.estimator, cfg.training,
+                seed=self.branch_data["seed"], label=f"TrainEstimator member {self.branch_data['member']}" + (f" fold {fold}" if folds > 1 else ""), log_dir=out / "logs",
+            )
             save(out, nets)
+            if cfg.estimator.onnx:
+                self.run_hsbi(export_onnx, nets, out / "onnx")
             (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 
 
-class DiagnoseEnsemble(HSBITask):
-    """Closure of the LRE ensemble and of each member on the validation split: chi2 per
-    feature and process of the numerator against the reference reweighted by r(x, z);
-    writes closure.json and closure.png."""
+class Ensemble(HSBITask):
+    """Fits how the TrainEstimator members are combined (``estimator.combine``: mean, median,
+    weighted) and calibrated (``estimator.calibration``: none, temperature, isotonic) on half of
+    the validation split and measures it on the other half; writes combination.json (loadable
+    with ``hsbi.estimators.load_combined``), ensemble.json (parameters, member spread, closure
+    chi2 per feature for the ensemble and each member, ECE, BCE), closure.png and calibration.png."""
 
     config_sections = ("model", "estimator")
-    code_modules = ("hsbi.diagnostics", "hsbi.estimators")
+    code_modules = ("hsbi.diagnostics", "hsbi.estimators", "hsbi.training.ensemble")
+    ignored_keys = ("estimator.onnx",)
 
     def requires(self) -> dict:
         return {"estimator": TrainEstimator.req(self, branch=-1), "samples": SimulateSamples.req(self)}
 
     def run(self) -> None:
-        from hsbi.diagnostics import closure_chi2, plot_closure
+        from hsbi.estimators import save_combination
+        from hsbi.training.ensemble import combine_ensemble
 
-        if self.analysis.estimator.kind != "lre":
-            raise UserError_("DiagnoseEnsemble: closure needs ratio estimators (estimator.kind: lre)")
-        ens = _load_ensemble(self.requires()["estimator"])
-        s = self.requires()["samples"].artifact().arrays("samples.npz")
-        x_ref, z_ref = s["val_reference_x"], s["val_reference_z"]
-        member = ens.member_log_ratios(x_ref, z_ref)  # (M, n, C)
-        weights = {"ensemble": np.exp(member.mean(0))} | {f"member {m}": np.exp(r) for m, r in enumerate(member)}
-        result = {
-            name: {p: closure_chi2(s[f"val_{p}_x"], x_ref, w[:, c]) for c, p in enumerate(ens.processes)}
-            for name, w in weights.items()
-        }
+        est, reqs = self.analysis.estimator, self.requires()
+        samples = reqs["samples"].artifact().arrays("samples.npz")
+        options = {"method": est.combine, "calibration": est.calibration, "normalise": est.normalise}
         with self.write() as out:
-            (out / "closure.json").write_text(json.dumps(result, indent=1) + "\n")
-            plot_closure(out / "closure.png", {p: s[f"val_{p}_x"] for p in ens.processes}, x_ref,
-                         {p: weights["ensemble"][:, c] for c, p in enumerate(ens.processes)},
-                         [f"x{i + 1}" for i in range(x_ref.shape[1])], result)
-        self.publish_message(f"closure: {self.output().path}/closure.json")
+            combined, report = self.run_hsbi(combine_ensemble, _member_paths(reqs["estimator"]), samples,
+                                             **options, plot_dir=out)
+            save_combination(out / "combination.json", combined.combination)
+            (out / "ensemble.json").write_text(json.dumps(report, indent=1) + "\n")
+        self.publish_message(f"ensemble: {self.output().path}/ensemble.json")
 
 
 class NeymanToys(HSBIWorkflow):
-    """One branch per tested mu: toys at the observed conditional MLE, their t_mu (LRE, exact)."""
+    """One branch per (tested mu, toy chunk): ``inference.neyman.chunk`` toys at the observed
+    conditional MLE of the nuisance, seeded by (seed, mu, chunk index); their t_mu per density
+    (toys.npz), seeds and failed fits (toys.json) and the toy datasets (datasets.npz)."""
 
     config_sections = ("inference",)
     code_modules = ("hsbi.inference", "hsbi.models", "hsbi.estimators")
     ignored_keys = ("inference.levels", "inference.scan_points", "inference.neyman", "inference.truth",
-                    "inference.observed_seed")  # truth enters through SimulateObserved's address
+                    "inference.observed_seed", "inference.coverage")  # truth: via SimulateObserved
+    version = 2  # v2: (point, chunk) branches, datasets.npz
 
-    def create_branch_map(self) -> dict[int, dict[str, float]]:
+    def create_branch_map(self) -> dict[int, dict]:
         neyman = self.analysis.inference.neyman
-        return {i: {"mu": mu, "toys": neyman.toys, "seed": neyman.seed} for i, mu in enumerate(neyman.grid)}
-
-    def _inputs(self) -> dict:
-        return {"estimator": TrainEstimator.req(self, branch=-1), "observed": SimulateObserved.req(self)}
+        branches = [
+            {"mu": mu, "chunk": k, "toys": n, "seed": neyman.seed, "method": neyman.method}
+            for mu in neyman.grid for k, n in enumerate(neyman.chunks)
+        ]
+        return dict(enumerate(branches))
 
     def requires(self) -> dict:
-        return self._inputs()
+        return _inference_inputs(self)
 
     def workflow_requires(self) -> dict:
-        return {**super().workflow_requires(), **self._inputs()}
+        return {**super().workflow_requires(), **_inference_inputs(self)}
 
     def run(self) -> None:
-        from hsbi.inference.analysis import neyman_toys
+        from hsbi.inference.analysis import neyman_toys, toy_files
 
-        cfg, reqs = self.analysis, self.requires()
-        model = cfg.model.build()
-        densities = _densities(cfg, reqs["estimator"], model)
-        toys = self.run_hsbi(
-            neyman_toys, cfg, densities, model, _load_observed(reqs["observed"]),
-            self.branch_data["mu"], progress=self.publish_message,
-        )
+        model, densities, _, fits = _fitted(self)
+        mu, chunk, n = (self.branch_data[k] for k in ("mu", "chunk", "toys"))
+        toys = self.run_hsbi(neyman_toys, self.analysis, densities, model, fits, mu, chunk, n,
+                             progress=self.publish_message)
+        t, datasets, meta = toy_files(toys, mu, chunk, self.branch_data["method"])
         with self.write() as out:
-            np.savez(out / "toys.npz", **{f"t_{name}": v["t"] for name, v in toys.items()})
-            meta = {name: {k: v[k] for k in ("failed", "nuisance_generated", "seed")} for name, v in toys.items()}
-            (out / "toys.json").write_text(json.dumps({"mu": self.branch_data["mu"], **meta}, indent=1))
+            np.savez(out / "toys.npz", **t)
+            np.savez_compressed(out / "datasets.npz", **datasets)
+            (out / "toys.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-class InferProfileLikelihood(HSBITask):
-    """Observed profile likelihood in mu (nuisance profiled): Wilks and Neyman intervals, for the
-    trained estimator and for the exact likelihood; writes result.json and profile.png."""
+class ConfidenceBelt(HSBITask):
+    """Critical values of t_mu per grid point, level and density from all NeymanToys branches,
+    with order-statistic bands, toys used and failed fits (belt.json); belt.png draws them with
+    the chi2 quantiles and the observed t_mu."""
 
     config_sections = ("inference",)
     code_modules = ("hsbi.inference", "hsbi.plotting", "hsbi.models", "hsbi.estimators")
+    ignored_keys = ("inference.scan_points", "inference.truth", "inference.observed_seed", "inference.coverage")
 
     def requires(self) -> dict:
-        return {
-            "estimator": TrainEstimator.req(self, branch=-1),
-            "observed": SimulateObserved.req(self),
-            "toys": NeymanToys.req(self, branch=-1),
-        }
+        return {"toys": NeymanToys.req(self, branch=-1), **_inference_inputs(self)}
+
+    def run(self) -> None:
+        from hsbi.inference.analysis import confidence_belt
+        from hsbi.plotting.inference import plot_belt
+
+        arts = [b.artifact() for b in self.requires()["toys"].get_branch_tasks().values()]
+        belt = self.run_hsbi(confidence_belt, self.analysis, [(a.arrays("toys.npz"), a.json("toys.json")) for a in arts])
+        model, _, _, fits = _fitted(self)
+        mu = np.linspace(belt["grid"][0], belt["grid"][-1], 101)
+        with self.write() as out:
+            (out / "belt.json").write_text(json.dumps(belt, indent=1) + "\n")
+            plot_belt(out / "belt.png", belt, {name: (mu, fit.scan(mu)) for name, fit in fits.items()},
+                      poi_label=model.poi_label)
+        self.publish_message(f"belt: {self.output().path}/belt.json")
+
+
+class InferProfileLikelihood(HSBITask):
+    """Observed profile likelihood in mu (nuisance profiled): Wilks intervals and Neyman intervals
+    by inverting the ConfidenceBelt, for the trained estimator and for the exact likelihood;
+    writes result.json and profile.png."""
+
+    config_sections = ("inference",)
+    code_modules = ("hsbi.inference", "hsbi.plotting", "hsbi.models", "hsbi.estimators")
+    version = 2  # v2: Neyman intervals from ConfidenceBelt; per-point toys and failed fits in details
+
+    def requires(self) -> dict:
+        return {"belt": ConfidenceBelt.req(self), **_inference_inputs(self)}
 
     def run(self) -> None:
         from hsbi.inference.analysis import infer
         from hsbi.plotting import plot_profile_and_belt
 
-        cfg, reqs = self.analysis, self.requires()
-        model = cfg.model.build()
-        densities = _densities(cfg, reqs["estimator"], model)
-        toys = []
-        for branch in reqs["toys"].get_branch_tasks().values():
-            art = branch.artifact()
-            arrays = art.arrays("toys.npz")
-            meta = art.json("toys.json")
-            toys.append({name: {"t": arrays[f"t_{name}"], **meta[name]} for name in densities})
-        result = self.run_hsbi(infer, cfg, densities, model, _load_observed(reqs["observed"]), toys)
+        cfg = self.analysis
+        model, densities, observed, fits = _fitted(self)
+        belt = self.requires()["belt"].artifact().json("belt.json")
+        result = self.run_hsbi(infer, cfg, densities, model, observed, belt, fits)
         with self.write() as out:
             (out / "result.json").write_text(json.dumps(result.summary, indent=1) + "\n")
             plot_profile_and_belt(
                 out / "profile.png", result.scan_mu, result.scans, result.grid, result.critical,
-                truth=cfg.inference.truth.mu, title=f"{cfg.name}: {len(densities[cfg.estimator.kind].members)}-member {cfg.estimator.kind} ensemble vs exact",
+                truth=cfg.inference.truth.mu, poi_label=model.poi_label,
+                title=f"{cfg.name}: {len(densities[cfg.estimator.kind].members)}-member {cfg.estimator.kind} ensemble vs exact",
             )
         self.publish_message(f"result: {self.output().path}/result.json")
 
@@ -220,7 +307,7 @@ class CoverageStudy(HSBITask):
     ignored_keys = ("inference.neyman", "inference.scan_points", "inference.observed_seed")
 
     def requires(self) -> dict:
-        return {"estimator": TrainEstimator.req(self, branch=-1)}
+        return _estimator_inputs(self)
 
     def run(self) -> None:
         from hsbi.inference.coverage import coverage_study
@@ -228,7 +315,7 @@ class CoverageStudy(HSBITask):
 
         cfg = self.analysis
         model = cfg.model.build()
-        densities = _densities(cfg, self.requires()["estimator"], model)
+        densities = _densities(cfg, self.requires(), model)
         summary, t_values = self.run_hsbi(coverage_study, cfg, densities, model, progress=self.publish_message)
         with self.write() as out:
             (out / "coverage.json").write_text(json.dumps(summary, indent=1) + "\n")

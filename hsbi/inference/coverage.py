@@ -18,7 +18,7 @@ from hsbi.inference.analysis import TOY_WINDOW_POINTS, TOY_WINDOW_SIGMAS, toy_se
 from hsbi.inference.profile import (
     asymptotic_interval,
     fit_observed,
-    make_likelihood,
+    likelihood_from_config,
     throw_toys,
     toy_statistics,
 )
@@ -44,20 +44,21 @@ def coverage_study(
     """
     inf, cov = cfg.inference, cfg.inference.coverage
     mu, z = inf.truth.mu, inf.truth.nuisance
-    lik = make_likelihood(model, inf.n_expected, inf.constraint_sigma)
-    datasets = throw_toys(model, mu, z, inf.n_expected, inf.constraint_sigma, cov.datasets, cov.seed)
-    references = throw_toys(model, mu, z, inf.n_expected, inf.constraint_sigma, cov.datasets,
-                            toy_seed(cov.seed + 1, mu))
+    lik = likelihood_from_config(inf, model)
+    datasets = throw_toys(model, mu, z, inf.n_expected, lik.aux_sigma, cov.datasets, cov.seed,
+                          constraint=lik.constraint)
+    references = throw_toys(model, mu, z, inf.n_expected, lik.aux_sigma, cov.datasets,
+                            toy_seed(cov.seed + 1, mu), constraint=lik.constraint)
     summary: dict = {"truth": {"mu": mu, "nuisance": z}, "datasets": cov.datasets}
     t_values = {}
     for name, density in densities.items():
-        sigma_z = fit_observed(density, lik, datasets[0], model.nuisance_range).sigma_nuisance
+        sigma_z = fit_observed(density, lik, datasets[0], name=name).sigma_nuisance
         half = TOY_WINDOW_SIGMAS * max(sigma_z, 1e-3)
         report = lambda done, total, n=name: progress(f"CoverageStudy [{n}]: {done}/{total}")  # noqa: E731
-        t, failed = toy_statistics(density, lik, datasets, mu, z, half, model.nuisance_range,
+        t, failed = toy_statistics(density, lik, datasets, mu, z, half, lik.nuisance_bounds,
                                    points=TOY_WINDOW_POINTS, progress=report)
         t_ref, failed_ref = toy_statistics(density, lik, references, mu, z, half,
-                                           model.nuisance_range, points=TOY_WINDOW_POINTS)
+                                           lik.nuisance_bounds, points=TOY_WINDOW_POINTS)
         good = np.isfinite(t)
         entry: dict = {"failed_fits": int(failed + failed_ref)}
         for cl in inf.levels:
@@ -68,7 +69,7 @@ def coverage_study(
                 "neyman_critical_value": round(crit, 4),
             }
         widths = [
-            asymptotic_interval(fit_observed(density, lik, d, model.nuisance_range), cl)
+            asymptotic_interval(fit_observed(density, lik, d, name=name), cl)
             for d in datasets[: cov.width_datasets]
             for cl in (inf.levels[0],)
         ]

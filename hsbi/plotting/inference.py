@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import chi2  # noqa: E402
 
-__all__ = ["plot_profile_and_belt"]
+__all__ = ["plot_belt", "plot_profile_and_belt", "plot_test_statistic"]
 
 _COLORS = {"lre": "tab:blue", "exact": "black"}
 
@@ -25,6 +25,7 @@ def plot_profile_and_belt(
     critical: Mapping[str, Mapping[str, np.ndarray]],
     truth: float,
     title: str = "",
+    poi_label: str = "signal fraction",
 ) -> None:
     """Left: t(mu) per estimator with Wilks thresholds. Right: observed t(mu) against the
     Neyman critical values per grid point (the belt); accepted where t <= c."""
@@ -52,7 +53,7 @@ def plot_profile_and_belt(
                                   label=f"Neyman {100 * float(cl):.1f}% interval ({name})")
     for ax in (ax_l, ax_r):
         ax.axvline(truth, color="tab:red", lw=0.8, label="truth")
-        ax.set_xlabel(r"$\mu$ (signal fraction)")
+        ax.set_xlabel(rf"$\mu$ ({poi_label})")
         ax.set_ylabel(r"$t_\mu = -2\ln\lambda(\mu)$")
         ax.set_ylim(0, max(8.0, 1.3 * chi2.ppf(max(levels), 1)))
     ax_r.set_xlim(grid[0], grid[-1])
@@ -62,6 +63,49 @@ def plot_profile_and_belt(
     ax_r.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_belt(
+    path: Path,
+    belt: Mapping,
+    observed: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    title: str = "",
+    poi_label: str = "signal fraction",
+) -> None:
+    """The confidence belt: critical value ``c(mu)`` per density and level with its
+    order-statistic band, the chi2(1) quantiles (Wilks), and the observed ``t(mu)`` curves.
+
+    ``belt``: as written by ``ConfidenceBelt`` (``grid``, ``levels``, ``densities.<name>.points``);
+    ``observed``: per density ``(mu (S,), t (S,))``.
+    """
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    grid = np.asarray(belt["grid"])
+    for (name, entry), marker in zip(belt["densities"].items(), ("o", "s", "^")):
+        color = _COLORS.get(name)
+        n_toys = sorted({row["toys"] - row["failed_fits"] for row in entry["points"]})
+        used = f"{n_toys[0]}" if len(n_toys) == 1 else f"{n_toys[0]}-{n_toys[-1]}"
+        for cl, ls in zip(belt["levels"], ("-", "--", ":")):
+            rows = [row[f"{cl:g}"] for row in entry["points"]]
+            ax.fill_between(grid, [r["low"] for r in rows], [r["high"] for r in rows], color=color,
+                            alpha=0.15, lw=0)
+            ax.plot(grid, [r["value"] for r in rows], marker=marker, ms=3, ls=ls, lw=0.9, color=color,
+                    label=f"c(mu) {100 * cl:.1f}% ({name}, {used} good toys/point)")
+        if observed and name in observed:
+            mu, t = observed[name]
+            ax.plot(mu, t, color=color, lw=1.6, alpha=0.8, label=f"observed t ({name})")
+    for cl in belt["levels"]:
+        q = chi2.ppf(cl, 1)
+        ax.axhline(q, color="grey", lw=0.8, ls=":")
+        ax.text(grid[0], q, f" chi2(1) {100 * cl:.1f}%", va="bottom", fontsize=8, color="grey")
+    ax.set_xlim(grid[0], grid[-1])
+    ax.set_ylim(0, max(8.0, 1.3 * chi2.ppf(max(belt["levels"]), 1)))
+    ax.set_xlabel(rf"$\mu$ ({poi_label})")
+    ax.set_ylabel(r"$t_\mu$ and critical value $c(\mu)$")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title or f"confidence belt ({belt['method']} toys, accepted where t <= c)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,7 +48,7 @@ def test_concurrent_runs_produce_each_artifact_once(tmp_path, filled_store):
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     trained = sum(out.count("TrainEstimator member 0 signal: epoch 1/1") for out in outputs)
     assert trained == 1, "the ensemble member was trained more than once"
-    assert _visible_artifacts_are_whole(store) == 6
+    assert _visible_artifacts_are_whole(store) == 8
     assert _result(store) == _result(filled_store)
     assert not any((store / ".locks").iterdir())
 
@@ -77,9 +77,9 @@ def test_sigkill_at_random_moments(tmp_path, filled_store):
                                stderr=subprocess.STDOUT, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stdout[-3000:]
     counts = {f: len(Store(store).addresses(f)) for f in Store(store).families()}
-    # per variant: samples, member, 2 toy points, result; the observed dataset is shared
+    # per variant: samples, member, ensemble, 2 toy points, belt, result; the observed dataset is shared
     assert counts == {"SimulateSamples": 5, "SimulateObserved": 1, "TrainEstimator": 5,
-                      "NeymanToys": 10, "InferProfileLikelihood": 5}, counts
+                      "NeymanToys": 10, "ConfidenceBelt": 5, "Ensemble": 5, "InferProfileLikelihood": 5}, counts
     _visible_artifacts_are_whole(store)
     variant0 = [a for f, a in Store(store).artifacts()]
     reference = [a for f, a in Store(filled_store).artifacts()]
@@ -109,7 +109,7 @@ def test_fifty_single_byte_corruptions_are_detected(store_copy):
         message = str(err.value)
         assert f"{family}/{address}" in message and "--remove-output" in message and "gc" in message
         path.write_bytes(original)
-    assert _visible_artifacts_are_whole(store_copy) == 6
+    assert _visible_artifacts_are_whole(store_copy) == 8
 
 
 def test_full_disk_gives_a_clear_error_and_no_partial_artifact(tmp_path):
@@ -138,7 +138,7 @@ def test_moved_store_works_unchanged(tmp_path, filled_store):
     proc = run_micro(moved)
     assert proc.returncode == 0
     assert "TrainEstimator member" not in proc.stdout and "NeymanToys mu" not in proc.stdout
-    assert _visible_artifacts_are_whole(moved) == 6
+    assert _visible_artifacts_are_whole(moved) == 8
     for path in moved.rglob("*.json"):
         assert str(filled_store) not in path.read_text()
 
@@ -165,7 +165,7 @@ def test_fsspec_store_through_the_remote_code_path(tmp_path):
     proc = run_micro(url)
     assert proc.returncode == 0, proc.stdout[-3000:]
     remote = Store(url, cache=str(tmp_path / "cache"))
-    assert remote.remote and len(list(remote.artifacts())) == 6
+    assert remote.remote and len(list(remote.artifacts())) == 8
     (infer,) = remote.addresses("InferProfileLikelihood")
     assert set(remote.open("InferProfileLikelihood", infer).json("result.json")) >= {"intervals"}
     again = run_micro(url)

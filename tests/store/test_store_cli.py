@@ -20,7 +20,7 @@ def hsbi(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ls_and_show(store_copy):
     out = hsbi(store_copy, "ls").stdout
-    assert "6 artifacts" in out and "TrainEstimator" in out and "kB" in out
+    assert "8 artifacts" in out and "TrainEstimator" in out and "kB" in out
     (infer,) = Store(store_copy).addresses("InferProfileLikelihood")
     tree = hsbi(store_copy, "show", infer).stdout
     for family in ("InferProfileLikelihood", "TrainEstimator", "SimulateSamples", "NeymanToys"):
@@ -38,7 +38,7 @@ def test_verify_reports_corruption(store_copy):
     proc = hsbi(store_copy, "verify", "--all")
     assert proc.returncode == 1
     assert f"CORRUPT  artifact TrainEstimator/{member}: file weights.safetensors" in proc.stdout
-    assert "5 ok, 1 corrupt" in proc.stdout
+    assert "7 ok, 1 corrupt" in proc.stdout
 
 
 def test_gc_keeps_reachable_and_removes_the_rest(store_copy):
@@ -47,11 +47,11 @@ def test_gc_keeps_reachable_and_removes_the_rest(store_copy):
     with store.writer("Stray", "ab" * 12, {}) as out:
         (out / "x.json").write_text("{}")
     dry = hsbi(store_copy, "gc", "--keep", infer, "--keep-recent-days", "0")
-    assert "would remove Stray/" + "ab" * 12 in dry.stdout and "6 kept, 1 to remove" in dry.stdout
+    assert "would remove Stray/" + "ab" * 12 in dry.stdout and "8 kept, 1 to remove" in dry.stdout
     assert store.exists("Stray", "ab" * 12)  # dry run by default
     hsbi(store_copy, "gc", "--keep", infer, "--keep-recent-days", "0", "--delete")
     assert not store.exists("Stray", "ab" * 12)
-    assert len(list(store.artifacts())) == 6
+    assert len(list(store.artifacts())) == 8
     assert hsbi(store_copy, "verify", "--all").returncode == 0
 
 

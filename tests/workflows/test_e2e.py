@@ -1,11 +1,15 @@
-"""A real `law run InferProfileLikelihood` on a tiny config: outputs, reuse, invalidation."""
+"""Real `law run`s on the tiny and micro configs: outputs, reuse, invalidation, toy chunks."""
 
 import json
 import re
 
+import numpy as np
 import pytest
 
-from helpers import TINY_CONFIG
+from hsbi.config import load_config
+from hsbi.inference import throw_toys
+from hsbi.store import Store
+from helpers import MICRO_CONFIG, TINY_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +56,39 @@ def test_end_to_end_reuse_and_invalidation(law_run, store_root):
     assert len(_dirs(store_root, "InferProfileLikelihood")) == 2
     assert not list((store_root / ".tmp").iterdir())
     assert re.search(r"TrainEstimator member 0 signal: epoch 2/2", changed.stdout)
+
+
+def test_more_toys_per_point_reuse_the_existing_chunks(law_run, store_root):
+    """micro: 2 points x 2 chunks of 5 toys; 15 toys per point add one chunk per point and reuse
+    the 4 others; a chunk's stored datasets are those its recorded seed throws."""
+    args = ("--config", str(MICRO_CONFIG))
+    first = law_run("InferProfileLikelihood", *args, "--set", "inference.neyman.chunk=5")
+    assert first.returncode == 0, first.stdout[-3000:]
+    before = _dirs(store_root, "NeymanToys")
+    assert len(before) == 4 and "NeymanToys mu=0.3 chunk 1 [exact]: 5/5 simulator toys" in first.stdout
+    (infer,) = _dirs(store_root, "InferProfileLikelihood")
+    result = json.loads((store_root / "InferProfileLikelihood" / infer / "result.json").read_text())
+    assert result["details"]["exact"]["toys"]["per_point"] == 10
+    assert isinstance(result["details"]["lre"]["toys"]["failed_fits"], int)
+
+    more = law_run("ConfidenceBelt", *args, "--set", "inference.neyman.chunk=5,inference.neyman.toys=15")
+    assert more.returncode == 0, more.stdout[-3000:]
+    assert "chunk 2 [lre]" in more.stdout and "chunk 0 [" not in more.stdout and "chunk 1 [" not in more.stdout
+    after = _dirs(store_root, "NeymanToys")
+    assert set(before) < set(after) and len(after) == 6
+    belts = [json.loads((store_root / "ConfidenceBelt" / d / "belt.json").read_text())
+             for d in _dirs(store_root, "ConfidenceBelt")]
+    (belt,) = [b for b in belts if b["toys_per_point"] == 15]
+    for name in ("lre", "exact"):
+        points = belt["densities"][name]["points"]
+        assert [p["toys"] for p in points] == [15, 15]
+        assert belt["densities"][name]["failed_fits"] == sum(p["failed_fits"] for p in points)
+
+    cfg = load_config(MICRO_CONFIG)
+    art = Store(store_root).open("NeymanToys", before[0])
+    meta, datasets = art.json("toys.json"), art.arrays("datasets.npz")
+    gen = meta["densities"]["exact"]
+    toys = throw_toys(cfg.model.build(), meta["mu"], gen["nuisance_generated"], cfg.inference.n_expected,
+                      cfg.inference.constraint_sigma, meta["toys"], gen["seed"])
+    assert np.array_equal(np.concatenate([t.x for t in toys]).astype(np.float32), datasets["x_exact"])
+    assert np.array_equal([t.aux for t in toys], datasets["aux_exact"])
