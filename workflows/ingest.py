@@ -13,15 +13,25 @@ import luigi
 
 from hsbi.exceptions import HSBIError
 from workflows.framework import HSBIWorkflow, UserError
+from workflows.remote import _seconds as seconds
+from workflows.remote import job_config, jobs_root
 
 __all__ = ["IngestSamples"]
 
 
-def _ingest(sample: Any, files: list, out: Path, spec: str, workers: int, memory: str) -> dict:
+def _ingest(sample: Any, files: list, out: Path, spec: str, workers: int, memory: str,
+            slurm: dict | None = None) -> dict:
     from hsbi.data.ingest import dask_scheduler, ingest_group
+    from hsbi.data.ingest.cluster import SlurmWorkers
 
-    with dask_scheduler(spec, workers, memory) as scheduler:
+    workers_jobs = SlurmWorkers(**slurm) if slurm else None
+    with dask_scheduler(spec, workers, memory, workers_jobs) as scheduler:
         return ingest_group(sample, files, out, scheduler=scheduler)
+
+
+def _run_option(cls: type, default: Any, description: str) -> Any:
+    """A parameter that chooses where the work runs and never changes the address."""
+    return cls(default=default, significant=False, description=description)
 
 
 class IngestSamples(HSBIWorkflow):
@@ -38,18 +48,49 @@ class IngestSamples(HSBIWorkflow):
     samples = law.CSVParameter(
         default=(), description="names of the samples to ingest, comma-separated; default: all"
     )
-    dask_scheduler = luigi.Parameter(
-        default="local", significant=False,
-        description="local (a LocalCluster), sync, threads, processes, slurm (dask-jobqueue) or "
-        "an existing scheduler's address tcp://host:port; default: local",
-    )
-    dask_workers = luigi.IntParameter(
-        default=2, significant=False, description="LocalCluster worker processes; default: 2"
-    )
-    dask_memory = luigi.Parameter(
-        default="2GiB", significant=False,
-        description="memory limit per dask worker (LocalCluster, SLURM); default: 2GiB",
-    )
+    dask_scheduler = _run_option(
+        luigi.Parameter, "local", "local (a LocalCluster), sync, threads, processes, slurm "
+        "(dask-jobqueue) or an existing scheduler's address tcp://host:port; default: local")
+    dask_workers = _run_option(
+        luigi.IntParameter, 2,
+        "dask worker processes (LocalCluster or SLURM), one core each; default: 2")
+    dask_memory = _run_option(
+        luigi.Parameter, "2GiB",
+        "memory limit per dask worker (LocalCluster, SLURM); default: 2GiB")
+    dask_slurm_processes = _run_option(
+        luigi.IntParameter, 1, "slurm: dask workers per SLURM job (its cores; its memory: that "
+        "many times --dask-memory); default: 1")
+    dask_slurm_walltime = _run_option(
+        luigi.Parameter, "", "slurm: wall-time limit of the worker jobs, e.g. 2h or 01:30:00; "
+        "default: [hsbi_jobs] walltime")
+    dask_slurm_partition = _run_option(
+        luigi.Parameter, "", "slurm: partition of the worker jobs; default: [hsbi_jobs] "
+        "slurm_partition")
+    dask_slurm_account = _run_option(
+        luigi.Parameter, "", "slurm: account of the worker jobs; default: [hsbi_jobs] "
+        "slurm_account")
+    dask_slurm_prologue = _run_option(
+        luigi.Parameter, "", "slurm: shell line run in each worker job before the worker "
+        "starts, e.g. 'source /path/to/setup.sh'; the worker runs this process's Python; "
+        "default: none")
+    dask_timeout = _run_option(
+        luigi.FloatParameter, 300.0,
+        "slurm: seconds to wait for the first dask worker to join; default: 300")
+
+    def _slurm_workers(self) -> dict[str, Any] | None:
+        """``SlurmWorkers`` arguments for ``--dask-scheduler slurm`` (None otherwise); the job
+        logs go to the job directory."""
+        if self.dask_scheduler != "slurm":
+            return None
+        return {
+            "processes_per_job": self.dask_slurm_processes,
+            "walltime_s": seconds(self.dask_slurm_walltime or job_config("walltime", "1h")),
+            "partition": self.dask_slurm_partition or job_config("slurm_partition"),
+            "account": self.dask_slurm_account or job_config("slurm_account"),
+            "prologue": (self.dask_slurm_prologue,) if self.dask_slurm_prologue else (),
+            "log_directory": str(jobs_root() / self.task_family / "dask-slurm"),
+            "timeout_s": self.dask_timeout,
+        }
 
     def _base_dir(self) -> Path:
         if str(self.config) in ("", "default"):
@@ -107,6 +148,6 @@ class IngestSamples(HSBIWorkflow):
                              f"{len(files)} file(s)")
         with self.write() as out:
             manifest = self.run_hsbi(_ingest, sample, files, out, self.dask_scheduler,
-                                     self.dask_workers, self.dask_memory)
+                                     self.dask_workers, self.dask_memory, self._slurm_workers())
         summary = {k: manifest[k] for k in ("sample", "entries", "selected", "rows")}
         self.publish_message(f"ingested {json.dumps(summary)}")

@@ -13,6 +13,9 @@
 #   HSBI_SLURM_DIR    state, spool, logs, pid files and slurm.conf; default ${TMPDIR:-/tmp}/hsbi-slurm
 #   HSBI_SLURM_PORT   slurmctld port (slurmd uses the next one); default 6817
 #   HSBI_SLURM_MEM    RealMemory of the node in MB; default 4000 (nothing enforces it: no cgroups)
+#   HSBI_SLURM_CPUS   CPUs of the node; default nproc, at least 2 (a 2-task job step, e.g. Lightning
+#                     DDP with srun --ntasks-per-node=2, must fit; more than the machine has is
+#                     accepted: slurmd runs with config_overrides, tasks then share cores)
 #
 # Clients need SLURM_CONF=$HSBI_SLURM_DIR/slurm.conf. Without accounting, law must list finished
 # jobs with `squeue --states=all` (law.cfg, [job] slurm_cmd_squeue). Jobs run as the submitting
@@ -39,6 +42,8 @@ up)
     if [ -f "${D}/slurmctld.pid" ] && kill -0 "$(cat "${D}/slurmctld.pid")" 2>/dev/null; then
         echo "slurm.sh: already running (${D}); export SLURM_CONF=${SLURM_CONF}"; exit 0
     fi
+    cpus="${HSBI_SLURM_CPUS:-$(nproc)}"
+    [ "${cpus}" -ge 2 ] || cpus=2
     rm -rf "${D}/state" "${D}/spool"
     mkdir -p "${D}"/{state,spool,log}
     cat > "${SLURM_CONF}" <<CONF
@@ -66,9 +71,10 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
+SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=3600
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=${HSBI_SLURM_MEM:-4000} State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${HSBI_SLURM_MEM:-4000} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
     slurmctld -c -f "${SLURM_CONF}" || { echo "slurm.sh: slurmctld failed; see ${D}/log" >&2; exit 1; }
