@@ -93,7 +93,7 @@ def test_fifty_single_byte_corruptions_are_detected(store_copy):
     files = sorted(
         (family, address, path)
         for family, address in store.artifacts()
-        for path in (store_copy / family / address).iterdir()
+        for path in (store_copy / family / address).rglob("*") if path.is_file()
     )
     kinds = {p.suffix for _, _, p in files}
     assert {".npz", ".json", ".safetensors", ".png"} <= kinds

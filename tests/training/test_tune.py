@@ -36,9 +36,14 @@ def micro(**tune):  # -> AnalysisConfig
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside Ray's default worker port range (10002-19999), which the head
+    refuses to share ("trying to use a port number ... used by other components")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10002 <= port <= 19999:
+            return port
 
 
 # --- closure metrics -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 TINY = str(TINY_CONFIG)
 WORKFLOW_TASKS = ("TrainEstimator", "NeymanToys")
 FAILED_RE = re.compile(
-    r"hsbi: error: TrainEstimator branch (\d+) \(member=\d+, seed=\d+\) failed as (\w+) job \S+ "
+    r"hsbi: error: TrainEstimator branch (\d+) \(member=\d+, seed=\d+, fold=\d+, folds=\d+\) failed as (\w+) job \S+ "
     r"after (\d+) attempt\(s\); log: (\S+)"
 )
 

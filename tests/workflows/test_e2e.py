@@ -30,10 +30,14 @@ def test_end_to_end_reuse_and_invalidation(law_run, store_root):
     result = json.loads((out / "result.json").read_text())
     for block in (result, result["exact"]):
         assert {"best_fit", "intervals"} <= set(block)
-        for kind in ("asymptotic", "neyman"):
+        for kind in ("asymptotic", "neyman", "expected"):
             for level in ("68", "95"):
                 low, high = block["intervals"][kind][level]
                 assert 0 <= low < high <= 1
+    # MINOS on the continuous exact NLL reproduces the grid profile's Wilks edges
+    for level in ("68", "95"):
+        assert result["exact"]["intervals"]["minos"][level] == pytest.approx(
+            result["exact"]["intervals"]["asymptotic"][level], abs=2e-3 * np.ptp(result["exact"]["intervals"]["asymptotic"][level]))
     assert result["poi"] == "mu" and result["truth"]["mu"] == 0.2
     assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -92,3 +96,15 @@ def test_more_toys_per_point_reuse_the_existing_chunks(law_run, store_root):
                       cfg.inference.constraint_sigma, meta["toys"], gen["seed"])
     assert np.array_equal(np.concatenate([t.x for t in toys]).astype(np.float32), datasets["x_exact"])
     assert np.array_equal([t.aux for t in toys], datasets["aux_exact"])
+
+
+def test_flow_estimators_feed_the_same_inference(law_run, store_root):
+    """``estimator.kind: dle`` (zuko flows): the same DAG, no Ensemble step, result under 'dle'."""
+    proc = law_run("InferProfileLikelihood", "--config", str(MICRO_CONFIG), "--set", "estimator.kind=dle")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (result_dir,) = _dirs(store_root, "InferProfileLikelihood")
+    result = json.loads((store_root / "InferProfileLikelihood" / result_dir / "result.json").read_text())
+    assert result["estimator"] == "dle" and "exact" in result
+    low, high = result["intervals"]["asymptotic"]["68"]
+    assert 0 <= low < result["best_fit"]["mu"] < high <= 1
+    assert not _dirs(store_root, "Ensemble")
