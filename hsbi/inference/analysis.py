@@ -49,6 +49,8 @@ POOL_WINDOW_SIGMAS = 5.0
 #: Asimov quadrature points per feature for 2D models (the median-expected intervals; 120^2 nodes
 #: give the 220^2 widths to 1e-10 of the width).
 ASIMOV_POINTS_2D = 120
+#: Nuisance grid of the Asimov fit (parabolic refinement between points).
+ASIMOV_NUISANCE_POINTS = 121
 #: Fewest successful toy fits at a point for which a critical value is quoted.
 MIN_GOOD_TOYS = 10
 
@@ -249,7 +251,7 @@ def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, mod
             minos[_key(cl)] = f"failed: {err}"
     asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, points=ASIMOV_POINTS_2D
                             if model.n_features == 2 else None)
-    expected = fit_observed(density, lik, asimov, name=name)
+    expected = fit_observed(density, lik, asimov, points=ASIMOV_NUISANCE_POINTS, name=name)
     return {"minos": minos,
             "expected": {_key(cl): _interval_json(asymptotic_interval(expected, cl)) for cl in inf.levels}}
 
