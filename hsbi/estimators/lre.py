@@ -69,10 +69,13 @@ class LREEnsemble:
     Implements the ``ComponentDensity`` interface: ``log_components(x, z)`` returns
     ``log p_c(x | z_k) / p_ref(x)`` of shape ``(K, n, C)`` (``z``: ``(K,)``, or ``(K, P)`` for
     members with ``P`` nuisances). All ``M * C`` networks are evaluated
-    together as one batched MLP (``baddbmm`` per layer) in chunks of ``chunk`` rows.
+    together as one batched MLP (``baddbmm`` per layer) in chunks of ``chunk`` rows. The default
+    4096 rows keep a layer's activations (``M * C * chunk * width`` floats; 6 MB for 6 networks of
+    width 64) cache-sized: 2x faster than 16384 rows here, whose 25 MB blocks also made glibc's
+    heap grow by 1.5 GB over a 1.2 M-row evaluation (an Asimov grid).
     """
 
-    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 14) -> None:
+    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 12) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = [dict(m) for m in members]
