@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from hsbi.config.samples import SampleConfig
+from hsbi.config.sets import SetsConfig
 from hsbi.config.tune import TuneConfig
 from hsbi.exceptions import ConfigError
 from hsbi.models import MODELS
@@ -25,7 +26,7 @@ __all__ = [
     "Truth",
 ]
 
-ESTIMATOR_KINDS = ("lre", "dle")
+ESTIMATOR_KINDS = ("lre", "dle", "set")  # set: the dataset-level ratio of the sets section
 ACTIVATIONS = ("relu", "silu", "tanh", "elu")
 COMBINE_METHODS = ("mean", "median", "weighted")
 CALIBRATIONS = ("none", "temperature", "isotonic")
@@ -79,8 +80,12 @@ class SimulationConfig:
     seed: int = 1
     n_train: int = 60000
     n_val: int = 15000
+    reference: str = "point"  # the ratio denominator: events at model.nuisance_reference, or "marginal"
 
     def __post_init__(self) -> None:
+        _require(self.reference in ("point", "marginal"), "simulation.reference", self.reference,
+                 "'point' (reference events at model.nuisance_reference) or 'marginal' (at nuisance "
+                 "values drawn from the training prior)")
         _require(self.n_train > 0, "simulation.n_train", self.n_train, "a positive integer")
         _require(self.n_val > 0, "simulation.n_val", self.n_val, "a positive integer")
 
@@ -194,8 +199,11 @@ class CoverageConfig:
     datasets: int = 1000
     seed: int = 23
     width_datasets: int = 40
+    method: str = "simulator"  # or "pool": datasets resampled from per-process pools, batched fits
 
     def __post_init__(self) -> None:
+        _require(self.method in ("simulator", "pool"), "inference.coverage.method", self.method,
+                 "'simulator' (fresh events, one fit per dataset) or 'pool' (resampled pools, batched fits)")
         _require(self.datasets >= 10, "inference.coverage.datasets", self.datasets, "an integer >= 10")
         _require(
             0 <= self.width_datasets <= self.datasets,
@@ -253,6 +261,7 @@ class AnalysisConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     samples: tuple[SampleConfig, ...] = ()
     tune: TuneConfig = field(default_factory=TuneConfig)
+    sets: SetsConfig = field(default_factory=SetsConfig)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.samples]
@@ -298,6 +307,6 @@ def _check_inference(inf: InferenceConfig, model: MixtureModel) -> InferenceConf
                  "positive bounds: a lognormal constraint needs a positive nuisance")
         _require(inf.neyman.method != "pool", "inference.neyman.method", inf.neyman.method,
                  "'simulator' with inference.constraint: lognormal (pooled toys fit a Gaussian or no constraint)")
-    if inf.constraint == "none":
+    if inf.constraint == "none" and model.exact:  # data-driven models: no expected Fisher matrix
         _require_identified(inf, model, nuisance)
     return dataclasses.replace(inf, poi_bounds=poi, nuisance_bounds=nuisance)

@@ -1,0 +1,263 @@
+"""Set-level profile likelihoods: scans on a (POI, nuisance) grid, Wilks and Neyman intervals,
+toys and coverage, for a learned set likelihood (:class:`~hsbi.estimators.set_ratio.SetRatioNet`)
+next to the exact one of a set model.
+
+A *set likelihood* is anything with ``log_likelihood(events (n, D), theta (K, 2)) -> (K,)``
+(up to terms free of ``theta``): a trained ``SetRatioNet`` or an exact ``OnOffSets``.
+``t(mu) = 2 (max_{mu', nu} log L - max_nu log L(mu, nu))`` (``statistics.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+from scipy.optimize import brentq
+from scipy.stats import chi2
+
+from hsbi.exceptions import DataError, FitError
+from hsbi.inference.likelihood import parabola_min
+from hsbi.inference.profile import Interval, critical_values
+from hsbi.models.bump_hunt import SetModel
+
+__all__ = [
+    "SetLikelihood",
+    "SetProfile",
+    "coverage_summary",
+    "fit_grids",
+    "infer_set_profile",
+    "interval_widths",
+    "neyman_set_toys",
+    "observed_set",
+    "profile_set",
+    "set_interval",
+    "set_toys",
+    "toy_seed",
+    "toy_t_values",
+    "toy_window",
+]
+
+
+class SetLikelihood(Protocol):
+    def log_likelihood(self, events: np.ndarray, theta: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SetProfile:
+    """The profile likelihood of one set on a POI grid (nuisance maximised per point, refined
+    by a parabola): ``t`` ``(P,)``, the conditional MLE ``nuisance_hat`` ``(P,)`` and the global
+    fit (``poi_hat``, ``nuisance_hat_global``); ``edge``: the global maximum lies on the grid's
+    edge (the fit window was too small)."""
+
+    poi: np.ndarray
+    t: np.ndarray
+    nuisance_hat: np.ndarray
+    poi_hat: float
+    nuisance_hat_global: float
+    edge: bool
+
+    def t_at(self, mu: float | np.ndarray) -> np.ndarray:
+        """``t`` interpolated (cubic) between grid points, >= 0."""
+        return np.maximum(CubicSpline(self.poi, self.t)(mu), 0.0)
+
+    def nuisance_at(self, mu: float) -> float:
+        return float(np.interp(mu, self.poi, self.nuisance_hat))
+
+
+def _grid(poi: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+    return np.stack(np.meshgrid(poi, nuisance, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def profile_set(likelihood: SetLikelihood, events: np.ndarray, poi: np.ndarray,
+                nuisance: np.ndarray) -> SetProfile:
+    """Profile ``likelihood`` for one set over ``nuisance`` at each ``poi`` point (both grids
+    sorted). Raises :class:`DataError` for an empty set, :class:`FitError` for non-finite
+    values."""
+    events = np.asarray(events, dtype=float)
+    if len(events) == 0:
+        raise DataError("the set is empty: expected at least one event")
+    poi, nuisance = np.asarray(poi, dtype=float), np.asarray(nuisance, dtype=float)
+    nll = -likelihood.log_likelihood(events.reshape(len(events), -1), _grid(poi, nuisance))
+    nll = nll.reshape(len(poi), len(nuisance))
+    if not np.all(np.isfinite(nll)):
+        raise FitError("the set log-likelihood is not finite on the fit grid")
+    fits = [parabola_min(nuisance, row) for row in nll]
+    nu_hat = np.array([f[0] for f in fits])
+    prof = np.array([f[1] for f in fits])
+    mu_hat, best, edge = parabola_min(poi, prof)
+    t = 2.0 * (prof - min(best, prof.min()))
+    return SetProfile(poi, t, nu_hat, mu_hat, float(np.interp(mu_hat, poi, nu_hat)), edge)
+
+
+def set_interval(profile: SetProfile, level: float) -> Interval:
+    """Wilks interval ``{mu : t(mu) < F^-1_chi2_1(level)}`` (``open_*``: cut by the grid)."""
+    q = float(chi2.ppf(level, df=1))
+    f = lambda mu: float(profile.t_at(mu)) - q  # noqa: E731
+    lo, hi, mid = profile.poi[0], profile.poi[-1], profile.poi_hat
+    open_low, open_high = f(lo) < 0, f(hi) < 0
+    low = lo if open_low else brentq(f, lo, mid, xtol=1e-6)
+    high = hi if open_high else brentq(f, mid, hi, xtol=1e-6)
+    return Interval(level, float(low), float(high), bool(open_low), bool(open_high))
+
+
+def set_toys(model: SetModel, theta: Sequence[float], n: int, seed: int) -> list[np.ndarray]:
+    """``n`` sets simulated at ``theta = (poi, nuisance)`` (refused outside the prior)."""
+    rng = np.random.default_rng(seed)
+    events, lengths = model.simulate(rng, np.tile(np.asarray(theta, dtype=float), (n, 1)))
+    return np.split(events, np.cumsum(lengths)[:-1])
+
+
+def toy_t_values(likelihood: SetLikelihood, toys: Sequence[np.ndarray], mu: float,
+                 poi: np.ndarray, nuisance: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+    """``t(mu)`` per toy on the fit grid ``poi`` x ``nuisance``; a toy whose global maximum
+    lies on the grid's edge counts as failed (NaN; counted, never dropped silently)."""
+    t = np.full(len(toys), np.nan)
+    failed = 0
+    for i, toy in enumerate(toys):
+        prof = profile_set(likelihood, toy, poi, nuisance)
+        if prof.edge:
+            failed += 1
+        else:
+            t[i] = float(prof.t_at(mu))
+        if progress is not None and (i + 1) % 100 == 0:
+            progress(i + 1, len(toys))
+    return t, failed
+
+
+def _binomial(hits: np.ndarray) -> dict[str, float]:
+    p = float(np.mean(hits))
+    return {"value": p, "error": float(np.sqrt(p * (1 - p) / len(hits))), "n": int(len(hits))}
+
+
+def coverage_summary(t: np.ndarray, t_reference: np.ndarray, levels: Sequence[float]) -> dict:
+    """Coverage of Wilks (``t < chi2 quantile``) and Neyman (``t < c``, ``c`` the level-quantile
+    of ``t_reference``: toys at the truth) intervals with binomial errors, per level."""
+    good = t[np.isfinite(t)]
+    crit = critical_values(t_reference, levels)
+    out = {}
+    for cl in levels:
+        c = crit[f"{cl:g}"]
+        out[f"{100 * cl:.0f}"] = {
+            "wilks": _binomial(good < chi2.ppf(cl, 1)),
+            "neyman": _binomial(good < c["value"]),
+            "critical_value": c,
+            "within_2_sigma": {
+                kind: bool(abs(_binomial(good < q)["value"] - cl) <= 2 * np.sqrt(cl * (1 - cl) / len(good)))
+                for kind, q in (("wilks", chi2.ppf(cl, 1)), ("neyman", c["value"]))
+            },
+        }
+    return out
+
+
+def interval_widths(likelihoods: Mapping[str, SetLikelihood], sets: Sequence[np.ndarray],
+                    poi: np.ndarray, nuisance: np.ndarray, level: float) -> dict[str, np.ndarray]:
+    """Wilks interval ``[low, high]`` per set and likelihood: ``{name: (S, 2)}``."""
+    out = {}
+    for name, lik in likelihoods.items():
+        rows = []
+        for events in sets:
+            iv = set_interval(profile_set(lik, events, poi, nuisance), level)
+            rows.append((iv.low, iv.high))
+        out[name] = np.array(rows)
+    return out
+
+
+#: Nuisance grid points of every set-level fit (parabolic refinement between them).
+NUISANCE_POINTS = 25
+#: Fewest successful toy fits at a grid point for which a critical value is quoted.
+MIN_GOOD_TOYS = 10
+#: Toy fits: POI window in observed sigma_poi either side of the tested value, and its points.
+TOY_WINDOW_SIGMAS = 5.0
+TOY_WINDOW_POINTS = 31
+
+
+def toy_seed(base: int, mu: float, chunk: int = 0) -> int:
+    """A seed that depends on the tested value and the chunk index only (not a grid index)."""
+    return int(np.random.SeedSequence([base, int(round(mu * 1e9)), chunk]).generate_state(1)[0])
+
+
+def observed_set(model: SetModel, truth: Sequence[float], seed: int,
+                 size: int | None = None) -> np.ndarray:
+    """The 'observed' set at ``truth`` (``size``: for models with a chosen size)."""
+    rng = np.random.default_rng(seed)
+    sizes = None if (size is None or model.random_size) else np.array([size])
+    events, _ = model.simulate(rng, np.asarray([truth], dtype=float), sizes)
+    return events
+
+
+def fit_grids(model: SetModel, points: int,
+              window: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """POI grid (``points`` over ``window`` within the prior's range, or the whole range) and
+    nuisance grid (:data:`NUISANCE_POINTS` over the prior's range)."""
+    lo, hi = model.poi_range
+    if window is not None:
+        lo, hi = max(lo, window[0]), min(hi, window[1])
+    return np.linspace(lo, hi, points), np.linspace(*model.nuisance_range, NUISANCE_POINTS)
+
+
+def toy_window(model: SetModel, profile: SetProfile, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """The toy fit grid around ``mu``: +- :data:`TOY_WINDOW_SIGMAS` observed sigma_poi (the
+    half-width of the observed 68.3% interval)."""
+    iv = set_interval(profile, 0.6827)
+    sigma = max(0.5 * (iv.high - iv.low), 1e-3)
+    half = TOY_WINDOW_SIGMAS * sigma
+    return fit_grids(model, TOY_WINDOW_POINTS, (mu - half, mu + half))
+
+
+def neyman_set_toys(likelihoods: Mapping[str, SetLikelihood], model: SetModel,
+                    profiles: Mapping[str, SetProfile], mu: float, n: int, seed: int,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Per likelihood: ``n`` toys at ``(mu, nuisance_hat_hat(mu))`` of its observed profile,
+    ``t(mu)`` of each and the failed fits: ``{name: {"t", "failed", "nuisance"}}``."""
+    out = {}
+    for name, lik in likelihoods.items():
+        nu = float(np.clip(profiles[name].nuisance_at(mu), *model.nuisance_range))
+        toys = set_toys(model, (mu, nu), n, seed)
+        poi, nuisance = toy_window(model, profiles[name], mu)
+        t, failed = toy_t_values(lik, toys, mu, poi, nuisance, progress)
+        out[name] = {"t": t, "failed": failed, "nuisance": nu}
+    return out
+
+
+def infer_set_profile(likelihoods: Mapping[str, SetLikelihood], model: SetModel, observed: np.ndarray,
+                      points: int, levels: Sequence[float],
+                      toys: Sequence[tuple[float, Mapping[str, np.ndarray]]] = ()) -> dict:
+    """Observed profile scans, Wilks intervals and (with ``toys``: ``(mu, {name: t})`` per
+    Neyman grid point, all chunks) critical values and Neyman intervals, per likelihood.
+    Returns a JSON-able result with the scans under ``"scans"``."""
+    from hsbi.inference.profile import neyman_interval
+
+    poi, nuisance = fit_grids(model, points)
+    result: dict = {"poi": model.poi_name, "nuisance": model.nuisance_name, "observed_events": len(observed),
+                    "levels": list(levels), "scans": {}}
+    grid = sorted({mu for mu, _ in toys})
+    for name, lik in likelihoods.items():
+        prof = profile_set(lik, observed, poi, nuisance)
+        entry: dict = {"best_fit": {model.poi_name: prof.poi_hat, model.nuisance_name: prof.nuisance_hat_global},
+                       "asymptotic": {}, "neyman": {}, "critical": {}}
+        for cl in levels:
+            iv = set_interval(prof, cl)
+            entry["asymptotic"][f"{100 * cl:.0f}"] = [iv.low, iv.high]
+        if grid:
+            t_by_mu = {mu: np.concatenate([t[name] for m, t in toys if m == mu]) for mu in grid}
+            good = [mu for mu in grid if np.isfinite(t_by_mu[mu]).sum() >= MIN_GOOD_TOYS]
+            entry["toys_per_point"] = [int(np.isfinite(t_by_mu[mu]).sum()) for mu in grid]
+            entry["failed_fits"] = [int(np.isnan(t_by_mu[mu]).sum()) for mu in grid]
+            crit = {mu: critical_values(t_by_mu[mu], levels) for mu in good}
+            for cl in levels:
+                c = [crit[mu][f"{cl:g}"]["value"] if mu in crit else None for mu in grid]
+                entry["critical"][f"{100 * cl:.0f}"] = c
+                if len(good) >= 2:
+                    values = np.array([crit[mu][f"{cl:g}"]["value"] for mu in good])
+                    iv = neyman_interval(np.array(good), values, lambda m, p=prof: float(p.t_at(m)), cl)
+                    entry["neyman"][f"{100 * cl:.0f}"] = [iv.low, iv.high]
+                else:
+                    entry["neyman"][f"{100 * cl:.0f}"] = None  # fewer than 2 points with enough good toys
+        result[name] = entry
+        result["scans"][name] = {"poi": poi.tolist(), "t": prof.t.tolist()}
+    result["neyman_grid"] = grid
+    return result
