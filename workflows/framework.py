@@ -87,7 +87,7 @@ def _produce_once(run: Any) -> Any:
         with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
             if must:
                 return run(self)
-            self.publish_message(f"{self.task_family} {self.address}: produced by another process")
+            self.publish_message(f"{self.task_family} {self.address}: already in the store (made by an equal task or another process)")
             return None
 
     wrapped.__hsbi_locked__ = True
@@ -188,12 +188,24 @@ class HSBITask(law.Task):
     def output(self) -> StoreTarget:
         return StoreTarget(self.store, self.task_family, self.address)
 
+    def config_dir(self) -> Path:
+        """The folder relative sample file paths are resolved against: the config file's
+        (the working directory for the embedded default)."""
+        if str(self.config) in ("", "default"):
+            return Path.cwd()
+        return Path(self.config).expanduser().resolve().parent
+
     def provenance(self) -> dict[str, Any]:
-        """Recorded with the artifact, not hashed: enough to re-run the task (no paths)."""
+        """Recorded with the artifact, not hashed: enough to re-run the task. The only paths are
+        the samples' local files, made absolute so the recorded config runs from anywhere."""
+        config = dataclasses.asdict(self.analysis)
+        for sample in config.get("samples", ()):
+            sample["files"] = [f if "://" in f or Path(f).is_absolute() else str(self.config_dir() / f)
+                               for f in sample["files"]]
         return {
             "task": self.task_family,
             "branch": getattr(self, "branch", None),
-            "config": dataclasses.asdict(self.analysis),
+            "config": config,
             "reproducibility": self.reproducibility,
         }
 

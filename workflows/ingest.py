@@ -92,11 +92,6 @@ class IngestSamples(HSBIWorkflow):
             "timeout_s": self.dask_timeout,
         }
 
-    def _base_dir(self) -> Path:
-        if str(self.config) in ("", "default"):
-            return Path.cwd()
-        return Path(self.config).expanduser().resolve().parent
-
     def _selected(self) -> list[Any]:
         known = {s.name: s for s in self.analysis.samples}
         names = list(self.samples) or list(known)
@@ -115,7 +110,7 @@ class IngestSamples(HSBIWorkflow):
         branches: dict[int, dict[str, Any]] = {}
         try:
             for sample in self._selected():
-                files = [fingerprint(p) for p in resolve_files(sample, self._base_dir())]
+                files = [fingerprint(p) for p in resolve_files(sample, self.config_dir())]
                 definition = dataclasses.asdict(sample)
                 definition.pop("files")
                 for group, members in enumerate(group_files(sample, files)):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
 from workflows.framework import HSBITask, HSBIWorkflow
+from workflows.ingest import IngestSamples
 
 __all__ = [
     "ConfidenceBelt",
@@ -35,7 +37,25 @@ def _densities(cfg, inputs: dict, model) -> dict:  # -> {kind: ensemble, "exact"
         ensemble = load_combined(paths, inputs["ensemble"].artifact().path / "combination.json")
     else:
         ensemble = load_ensemble(paths)
-    return {cfg.estimator.kind: ensemble, "exact": model}
+    return {cfg.estimator.kind: ensemble, **({"exact": model} if model.exact else {})}
+
+
+def _event_inputs(task: HSBITask) -> dict:
+    """The ingested samples, for a data-driven model (``model.needs_events``: e.g. higgs_tes)."""
+    from hsbi.models import MODELS
+
+    return {"events": IngestSamples.req(task, branch=-1)} if MODELS[task.analysis.model.name].needs_events else {}
+
+
+def _model(task: HSBITask, split: str):  # -> MixtureModel
+    """The config's model; a data-driven one holding the ingested events, sampling ``split``."""
+    from hsbi.data import attach_events
+
+    model = task.analysis.model.build()
+    if not model.needs_events:
+        return model
+    dirs = [b.artifact().path for b in IngestSamples.req(task, branch=-1).get_branch_tasks().values()]
+    return task.run_hsbi(attach_events, model, dirs, split)
 
 
 def _load_observed(task: SimulateObserved):  # -> Dataset
@@ -55,7 +75,7 @@ def _estimator_inputs(task: HSBITask) -> dict:
 
 def _inference_inputs(task: HSBITask) -> dict:
     """What every inference task requires: the trained ensemble and the observed dataset."""
-    return {**_estimator_inputs(task), "observed": SimulateObserved.req(task)}
+    return {**_estimator_inputs(task), "observed": SimulateObserved.req(task), **_event_inputs(task)}
 
 
 #: the last analysis loaded by _fitted, by the addresses of its estimator members and observed data
@@ -75,7 +95,7 @@ def _fitted(task: HSBITask) -> tuple:  # -> (model, densities, observed Dataset,
     key = (repr(task.analysis.inference), *(address(name, req) for name, req in sorted(inputs.items())))
     if key not in _FITTED:
         cfg = task.analysis
-        model = cfg.model.build()
+        model = _model(task, "test")
         densities, observed = _densities(cfg, inputs, model), _load_observed(inputs["observed"])
         _FITTED.clear()
         _FITTED[key] = (model, densities, observed, task.run_hsbi(observed_fits, cfg, densities, model, observed))
@@ -86,12 +106,15 @@ class SimulateSamples(HSBITask):
     """Training samples: numerator events per process and the reference sample (eq. 5)."""
 
     config_sections = ("model", "simulation")
-    code_modules = ("hsbi.models", "hsbi.data.simulation")
+    code_modules = ("hsbi.models", "hsbi.data.simulation", "hsbi.data.events")
+
+    def requires(self) -> dict:
+        return _event_inputs(self)
 
     def run(self) -> None:
         from hsbi.data import simulate_training_samples
 
-        samples = self.run_hsbi(simulate_training_samples, self.analysis.model.build(), self.analysis)
+        samples = self.run_hsbi(simulate_training_samples, _model(self, "train"), self.analysis)
         with self.write() as out:
             np.savez(out / "samples.npz", **samples)
 
@@ -100,13 +123,16 @@ class SimulateObserved(HSBITask):
     """The observed dataset at the configured truth, with its auxiliary measurement."""
 
     config_sections = ("model", "inference")
-    code_modules = ("hsbi.models", "hsbi.data.simulation")
-    ignored_keys = ("inference.levels", "inference.scan_points", "inference.neyman")
+    code_modules = ("hsbi.models", "hsbi.data.simulation", "hsbi.data.events")
+    ignored_keys = ("inference.levels", "inference.scan_points", "inference.neyman", "inference.coverage")
+
+    def requires(self) -> dict:
+        return _event_inputs(self)
 
     def run(self) -> None:
         from hsbi.data import simulate_observed
 
-        data = self.run_hsbi(simulate_observed, self.analysis.model.build(), self.analysis)
+        data = self.run_hsbi(simulate_observed, _model(self, "test"), self.analysis)
         with self.write() as out:
             np.savez(out / "observed.npz", x=data.x, aux=np.array(data.aux))
 
@@ -270,19 +296,32 @@ class ConfidenceBelt(HSBITask):
 class InferProfileLikelihood(HSBITask):
     """Observed profile likelihood in mu (nuisance profiled): Wilks intervals and Neyman intervals
     by inverting the ConfidenceBelt, for the trained estimator and for the exact likelihood;
-    writes result.json and profile.png."""
+    writes result.json and profile.png. With ``estimator.kind: set`` the dataset-level set
+    likelihood of the ``sets`` section (``sets.estimator: ratio``) is used: the result is that
+    of InferSetProfile, whose Neyman toys are the SetNeymanToys workflow."""
 
     config_sections = ("inference",)
     code_modules = ("hsbi.inference", "hsbi.plotting", "hsbi.models", "hsbi.estimators")
     version = 2  # v2: Neyman intervals from ConfidenceBelt; per-point toys and failed fits in details
 
     def requires(self) -> dict:
+        if self.analysis.estimator.kind == "set":  # the set-level likelihood of the sets section
+            from workflows.sets import InferSetProfile
+
+            return {"set_profile": InferSetProfile.req(self)}
         return {"belt": ConfidenceBelt.req(self), **_inference_inputs(self)}
 
     def run(self) -> None:
         from hsbi.inference.analysis import infer
         from hsbi.plotting import plot_profile_and_belt
 
+        if self.analysis.estimator.kind == "set":  # its result is InferSetProfile's (set-level Neyman toys)
+            source = self.requires()["set_profile"].artifact().path
+            with self.write() as out:
+                for name in ("result.json", "profile.png"):
+                    shutil.copyfile(source / name, out / name)
+            self.publish_message(f"result: {self.output().path}/result.json")
+            return
         cfg = self.analysis
         model, densities, observed, fits = _fitted(self)
         belt = self.requires()["belt"].artifact().json("belt.json")
@@ -292,7 +331,8 @@ class InferProfileLikelihood(HSBITask):
             plot_profile_and_belt(
                 out / "profile.png", result.scan_mu, result.scans, result.grid, result.critical,
                 truth=cfg.inference.truth.mu, poi_label=model.poi_label,
-                title=f"{cfg.name}: {len(densities[cfg.estimator.kind].members)}-member {cfg.estimator.kind} ensemble vs exact",
+                title=f"{cfg.name}: {len(densities[cfg.estimator.kind].members)}-member {cfg.estimator.kind} ensemble"
+                + (" vs exact" if "exact" in densities else ""),
             )
         self.publish_message(f"result: {self.output().path}/result.json")
 
@@ -307,14 +347,14 @@ class CoverageStudy(HSBITask):
     ignored_keys = ("inference.neyman", "inference.scan_points", "inference.observed_seed")
 
     def requires(self) -> dict:
-        return _estimator_inputs(self)
+        return {**_estimator_inputs(self), **_event_inputs(self)}
 
     def run(self) -> None:
         from hsbi.inference.coverage import coverage_study
         from hsbi.plotting import plot_test_statistic
 
         cfg = self.analysis
-        model = cfg.model.build()
+        model = _model(self, "test")
         densities = _densities(cfg, self.requires(), model)
         summary, t_values = self.run_hsbi(coverage_study, cfg, densities, model, progress=self.publish_message)
         with self.write() as out:

@@ -47,14 +47,20 @@ def simulate_training_samples(model: MixtureModel, cfg: AnalysisConfig) -> dict[
 
     The reference is the equal mixture of all processes at ``z0`` (``model.nuisance_reference``),
     each event presented with a ``z`` drawn from the same uniform prior, so a classifier
-    ``f(x, z)`` learns ``p_c(x | z) / p_ref(x)``. Keys: ``{split}_{process}_{x|z}`` and
-    ``{split}_reference_{x|z}`` for split in train, val.
+    ``f(x, z)`` learns ``p_c(x | z) / p_ref(x)``. With ``simulation.reference: marginal`` the
+    reference events are generated at their own ``z' ~ U(range)`` (``p_ref`` is then the
+    nuisance-marginal mixture, still independent of the presented ``z``): for data-driven models,
+    whose events are a finite set, a reference at one point would consist of exact repeats of
+    those events, which a classifier tells apart from the smeared numerator. Keys: ``{split}_{process}_{x|z}`` and
+    ``{split}_reference_{x|z}`` for split in train, val. A data-driven model draws them from
+    its ``train`` and ``validation`` events (``model.for_split``).
     """
     rng = np.random.default_rng(cfg.simulation.seed)
     lo, hi = model.nuisance_range
-    z0 = cfg.model.nuisance_reference
+    z0, marginal = cfg.model.nuisance_reference, cfg.simulation.reference == "marginal"
     out: dict[str, np.ndarray] = {}
     for split, n in (("train", cfg.simulation.n_train), ("val", cfg.simulation.n_val)):
+        model = model.for_split("train" if split == "train" else "validation")  # data-driven models
         for proc in model.processes:
             z = rng.uniform(lo, hi, n)
             out[f"{split}_{proc}_x"] = model.sample(rng, proc, z).astype(np.float32)
@@ -63,7 +69,8 @@ def simulate_training_samples(model: MixtureModel, cfg: AnalysisConfig) -> dict[
         x_ref = np.empty((n, model.n_features))
         for i, proc in enumerate(model.processes):
             sel = which == i
-            x_ref[sel] = model.sample(rng, proc, np.full(sel.sum(), z0))
+            z_gen = rng.uniform(lo, hi, sel.sum()) if marginal else np.full(sel.sum(), z0)
+            x_ref[sel] = model.sample(rng, proc, z_gen)
         out[f"{split}_reference_x"] = x_ref.astype(np.float32)
         out[f"{split}_reference_z"] = rng.uniform(lo, hi, n).astype(np.float32)
     return out
@@ -117,8 +124,10 @@ def training_arrays(
 
 
 def simulate_observed(model: MixtureModel, cfg: AnalysisConfig) -> Dataset:
-    """The 'observed' dataset at the configured truth, with its auxiliary measurement."""
+    """The 'observed' dataset at the configured truth, with its auxiliary measurement (for a
+    data-driven model, drawn from its ``test`` events)."""
     inf = cfg.inference
+    model = model.for_split("test")
     rng = np.random.default_rng(inf.observed_seed)
     x = model.sample_dataset(rng, inf.truth.mu, inf.truth.nuisance, inf.n_expected)
     aux = Constraint.of(inf.constraint, inf.constraint_sigma).sample(rng, inf.truth.nuisance)

@@ -248,7 +248,8 @@ def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, mod
             mf = minuit_fit(density, lik, observed, None, (fit.mu_hat, fit.nuisance_hat), level=cl)
             minos[_key(cl)] = _interval_json(mf.interval) if mf.valid else f"MINOS invalid: {_interval_json(mf.interval)}"
         except FitError as err:
-            minos[_key(cl)] = f"failed: {err}"
+            # the message without iminuit's boxed summary, which holds a run time (results stay reproducible)
+            minos[_key(cl)] = "failed: " + str(err).split("\u250c")[0].strip().rstrip(":")
     asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, points=ASIMOV_POINTS_2D
                             if model.n_features == 2 else None)
     expected = fit_observed(density, lik, asimov, points=ASIMOV_NUISANCE_POINTS, name=name)

@@ -4,6 +4,12 @@ For each dataset ``t_mu`` at the true ``mu`` is computed; the Wilks interval cov
 ``t < F^-1_chi2_1(CL)``, the Neyman interval iff ``t < c(mu_true)``, with ``c`` the CL-quantile of
 ``t`` on an independent set of toys thrown at the truth (the nuisance at its true value: the ideal
 profile construction). Coverage errors are binomial, ``sqrt(p (1 - p) / N)`` (``statistics.md``).
+
+``inference.coverage.method: pool`` draws the datasets and the reference toys from the same
+per-process pools (``batched.pool_toys``; for a data-driven model, resampled from its held-out
+``test`` events), so that both follow one distribution, and fits them all at once; the Neyman
+error then counts the reference toys' quantile too, and the mean width is that of every
+dataset's Wilks interval.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import numpy as np
 from scipy.stats import chi2
 
 from hsbi.config import AnalysisConfig
-from hsbi.inference.analysis import TOY_WINDOW_POINTS, TOY_WINDOW_SIGMAS, toy_seed
+from hsbi.inference.analysis import POOL_WINDOW_SIGMAS, TOY_WINDOW_POINTS, TOY_WINDOW_SIGMAS, toy_seed
+from hsbi.inference.asimov import asimov_dataset
+from hsbi.inference.batched import pool_toys
+from hsbi.inference.batched_nd import intervals, profile_fits
+from hsbi.inference.likelihood import Likelihood
 from hsbi.inference.profile import (
     asymptotic_interval,
     fit_observed,
@@ -45,6 +55,9 @@ def coverage_study(
     inf, cov = cfg.inference, cfg.inference.coverage
     mu, z = inf.truth.mu, inf.truth.nuisance
     lik = likelihood_from_config(inf, model)
+    model = model.for_split("test")
+    if cov.method == "pool":
+        return _pool_study(cfg, densities, model, lik, progress)
     datasets = throw_toys(model, mu, z, inf.n_expected, lik.aux_sigma, cov.datasets, cov.seed,
                           constraint=lik.constraint)
     references = throw_toys(model, mu, z, inf.n_expected, lik.aux_sigma, cov.datasets,
@@ -77,6 +90,61 @@ def coverage_study(
             w = np.array([iv.high - iv.low for iv in widths])
             entry["mean_width"] = {f"{100 * inf.levels[0]:.0f}": round(float(w.mean()), 6),
                                    "error": round(float(w.std(ddof=1) / np.sqrt(len(w))), 6)}
+        summary[name] = entry
+        t_values[name] = t
+    return summary, t_values
+
+
+def _entry(t: np.ndarray, t_ref: np.ndarray, levels: tuple[float, ...], failed: int) -> dict:
+    """Coverage at each level; the Neyman error counts the reference toys' quantile too:
+    ``sqrt(p (1 - p) (1 / N + 1 / N_ref))``."""
+    good, crit_t = np.isfinite(t), t_ref[np.isfinite(t_ref)]
+    if good.sum() < 10 or len(crit_t) < 10:
+        from hsbi.exceptions import FitError
+
+        raise FitError(f"coverage: only {int(good.sum())} datasets and {len(crit_t)} reference toys were "
+                       "fitted inside the nuisance window; check the estimator or inference.nuisance_bounds")
+    entry: dict = {"failed_fits": failed}
+    for cl in levels:
+        crit = float(np.quantile(crit_t, cl))
+        neyman = _binomial(t[good] < crit)
+        p = neyman["value"]
+        neyman["error"] = round(float(np.sqrt(p * (1 - p) * (1 / good.sum() + 1 / len(crit_t)))), 5)
+        entry[f"{100 * cl:.0f}"] = {
+            "asymptotic": _binomial(t[good] < chi2.ppf(cl, 1)),
+            "neyman": neyman,
+            "neyman_critical_value": round(crit, 4),
+        }
+    return entry
+
+
+def _pool_study(cfg: AnalysisConfig, densities: Mapping[str, ComponentDensity], model: MixtureModel,
+                lik: Likelihood, progress: Callable[[str], None]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Coverage with pooled datasets and batched fits (see the module docstring)."""
+    inf, cov = cfg.inference, cfg.inference.coverage
+    mu, z = inf.truth.mu, inf.truth.nuisance
+    asimov = asimov_dataset(model, mu, z, inf.n_expected) if not model.exact else None
+    summary: dict = {"truth": {"mu": mu, "nuisance": z}, "datasets": cov.datasets, "method": "pool"}
+    t_values = {}
+    for name, density in densities.items():
+        first = asimov if asimov is not None else throw_toys(model, mu, z, inf.n_expected, lik.aux_sigma, 1,
+                                                             cov.seed, constraint=lik.constraint)[0]
+        sigma_z = fit_observed(density, lik, first, name=name, points=41).sigma_nuisance  # sets the window
+        half = POOL_WINDOW_SIGMAS * max(sigma_z, 1e-3)
+        progress(f"CoverageStudy [{name}]: {cov.datasets} datasets and {cov.datasets} reference toys from "
+                 "one set of pools, batched fits")
+        toys = pool_toys(density, lik, model, mu, z, inf.n_expected, 2 * cov.datasets, cov.seed, half)
+        cond, glob = profile_fits(toys, mu)
+        t_all = 2.0 * (cond.nll - np.minimum(glob.nll, cond.nll))
+        t_all[cond.at_edge | glob.at_edge] = np.nan  # on the window's edge: counted as failed
+        t, t_ref = t_all[: cov.datasets], t_all[cov.datasets :]
+        entry = _entry(t, t_ref, inf.levels, int(np.isnan(t).sum() + np.isnan(t_ref).sum()))
+        low, high, ok = intervals(toys, glob, q=float(chi2.ppf(inf.levels[0], 1)))
+        w = (high - low)[: cov.datasets][ok[: cov.datasets]]
+        if len(w) > 1:
+            entry["mean_width"] = {f"{100 * inf.levels[0]:.0f}": round(float(w.mean()), 6),
+                                   "error": round(float(w.std(ddof=1) / np.sqrt(len(w))), 6),
+                                   "intervals": int(len(w))}
         summary[name] = entry
         t_values[name] = t
     return summary, t_values

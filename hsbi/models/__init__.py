@@ -2,12 +2,13 @@
 
 from hsbi.models.base import MixtureModel
 from hsbi.models.gaussian_rotation import GaussianRotation
+from hsbi.models.higgs_tes import HiggsTES
 from hsbi.models.on_off import OnOffMixture
 
-__all__ = ["MixtureModel", "GaussianRotation", "OnOffMixture", "MODELS", "build_model"]
+__all__ = ["MixtureModel", "GaussianRotation", "OnOffMixture", "HiggsTES", "MODELS", "build_model"]
 
 #: Registry of models by the name used in analysis configs.
-MODELS = {"gaussian_rotation": GaussianRotation, "on_off": OnOffMixture}
+MODELS = {"gaussian_rotation": GaussianRotation, "on_off": OnOffMixture, "higgs_tes": HiggsTES}
 
 
 def build_model(name: str, **kwargs: float) -> MixtureModel:

@@ -39,6 +39,15 @@ class MixtureModel:
     poi_label: str = "signal strength"
     nuisance_label: str = "nuisance parameter"
     parameters: tuple[str, ...] = ()
+    #: whether ``log_components`` is the exact likelihood (False for data-driven models)
+    exact: bool = True
+    #: whether the model samples ingested events (``with_events``, then ``for_split``)
+    needs_events: bool = False
+
+    def for_split(self, split: str) -> MixtureModel:
+        """The model sampling the events of ``split`` (train, validation, test) for data-driven
+        models; a simulator is the same for every split."""
+        return self
 
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -1,0 +1,106 @@
+"""The HiggsML case study through real `law run`: the whole DAG on small sizes (ingestion of the
+Parquet extract, LRE and DLE training, belts, coverage, report), reproduction, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hsbi.store import Store
+from tests.helpers import ROOT, run_law
+
+CONFIG = ROOT / "configs" / "higgs.yaml"
+#: small sizes: one member of each kind (the config's training: weaker ones put the LRE's alpha_hat
+#: on its bounds), 40 toys at 3 belt points, 100 coverage datasets at 2 points
+SMALL = ("training.members=1,"
+         "inference.neyman.points=3,inference.neyman.toys=40,inference.neyman.chunk=40,"
+         "inference.coverage.datasets=100")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    store = tmp_path_factory.mktemp("higgs") / "store"
+    proc = run_law(store, "HiggsStudy", "--set", SMALL, "--mu-points", "0.2", "--alpha-points", "0.93,1.07",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return store, proc.stdout
+
+
+def test_study_writes_the_report(study):
+    store, out = study
+    (address,) = Store(store).addresses("HiggsStudy")
+    art = Store(store).open("HiggsStudy", address)
+    report = (art.path / "report.md").read_text()
+    for png in ("features", "coverage", "profile_lre", "profile_dle", "belt_lre", "belt_dle", "closure", "calibration"):
+        assert (art.path / f"{png}.png").stat().st_size > 10_000, png
+        assert f"({png}.png)" in report
+    assert "| mu | alpha | LRE Wilks 68%" in report and "DLE Neyman 95%" in report
+    summary = json.loads((art.path / "study.json").read_text())
+    points = {(r["kind"], r["mu"], r["nuisance"], r["level"]) for r in summary["coverage"]}
+    assert points == {(k, 0.2, a, lv) for k in ("lre", "dle") for a in (0.93, 1.07) for lv in ("68", "95")}
+    # the splits never share an event and hold both processes
+    assert set(summary["splits"]) == {"train", "validation", "test"}
+    assert all(s["events"] > 0 for procs in summary["splits"].values() for s in procs.values())
+    assert set(summary["results"]) == {"lre", "dle"} and "exact" not in summary["results"]["lre"]
+    assert "report:" in out
+
+
+def test_coverage_artifact_reproduces(study, tmp_path):
+    """`hsbi store reproduce` re-runs one CoverageStudy from its provenance (the recorded config,
+    whose sample paths are absolute) in a scratch store and finds the same content."""
+    import subprocess
+
+    from tests.helpers import law_env
+
+    store, _ = study
+    address = sorted(Store(store).addresses("CoverageStudy"))[0]
+    hsbi = str(Path(sys.executable).with_name("hsbi"))
+    proc = subprocess.run([hsbi, "--store", str(store), "store", "reproduce", address, "--scratch",
+                           str(tmp_path / "scratch")],
+                          env=law_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"CoverageStudy/{address}: MATCH" in proc.stdout, proc.stdout
+
+
+def test_missing_column_names_it_and_the_file(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["samples"][0]["files"] = [str(ROOT / "tests/data/higgs/higgsml2014_v2_prefix22889.parquet")]
+    cfg["samples"][0]["branches"] = [b.replace("PRI_tau_phi", "PRI_tau_phii") for b in cfg["samples"][0]["branches"]]
+    path = tmp_path / "higgs_typo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_law(tmp_path / "store", "SimulateSamples", "--config", str(path))
+    assert proc.returncode != 0
+    assert "PRI_tau_phii" in proc.stdout and "higgsml2014_v2_prefix22889.parquet" in proc.stdout, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("manifest.json"))
+
+
+def test_columns_the_model_needs_must_be_ingested(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["samples"][0]["files"] = [str(ROOT / "tests/data/higgs/higgsml2014_v2_prefix22889.parquet")]
+    cfg["samples"][0]["branches"] = [b for b in cfg["samples"][0]["branches"] if b != "PRI_lep_eta"]
+    path = tmp_path / "higgs_short.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_law(tmp_path / "store", "SimulateSamples", "--config", str(path))
+    assert proc.returncode != 0
+    assert "hsbi: error: SimulateSamples: sample 'higgsml'" in proc.stdout and "no column 'PRI_lep_eta'" in proc.stdout, \
+        proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--alpha-points", "0.93,1.2"), "study point tau energy scale alpha = 1.2 is outside the fitted range [0.9, 1.1]"),
+    (("--set", "inference.truth.nuisance=0.85"), "inference.truth.nuisance' = 0.85"),
+    (("--set", "model.parameters.alpha_min=-0.2"), "expected 0 < alpha_min < 1 < alpha_max"),
+])
+def test_bad_tes_values_are_one_line_errors(tmp_path, args, message):
+    proc = run_law(tmp_path / "store", "HiggsStudy", *args)
+    assert proc.returncode != 0
+    assert message in proc.stdout, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "store").exists()
