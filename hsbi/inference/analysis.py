@@ -14,7 +14,7 @@ from hsbi.exceptions import DataError, FitError
 from hsbi.inference.asimov import asimov_dataset
 from hsbi.inference.batched import batched_t, pool_toys
 from hsbi.inference.likelihood import Likelihood
-from hsbi.inference.minuit import minuit_fit
+from hsbi.inference.minuit import minuit_fits
 from hsbi.inference.profile import (
     Interval,
     ObservedFit,
@@ -243,13 +243,13 @@ def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, mod
     in place of the interval, never hidden."""
     inf = cfg.inference
     minos: dict = {}
-    for cl in inf.levels:
-        try:
-            mf = minuit_fit(density, lik, observed, None, (fit.mu_hat, fit.nuisance_hat), level=cl)
+    try:  # one MIGRAD, then MINOS per level
+        fits = minuit_fits(density, lik, observed, None, (fit.mu_hat, fit.nuisance_hat), tuple(inf.levels))
+        for cl, mf in fits.items():
             minos[_key(cl)] = _interval_json(mf.interval) if mf.valid else f"MINOS invalid: {_interval_json(mf.interval)}"
-        except FitError as err:
-            # the message without iminuit's boxed summary, which holds a run time (results stay reproducible)
-            minos[_key(cl)] = "failed: " + str(err).split("\u250c")[0].strip().rstrip(":")
+    except FitError as err:
+        # the message without iminuit's boxed summary, which holds a run time (results stay reproducible)
+        minos = {_key(cl): "failed: " + str(err).split("\u250c")[0].strip().rstrip(":") for cl in inf.levels}
     asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, points=ASIMOV_POINTS_2D
                             if model.n_features == 2 else None)
     expected = fit_observed(density, lik, asimov, points=ASIMOV_NUISANCE_POINTS, name=name)

@@ -12,7 +12,7 @@ from hsbi.inference.likelihood import Likelihood
 from hsbi.inference.profile import Interval
 from hsbi.models.base import ComponentDensity
 
-__all__ = ["MinuitFit", "minuit_fit"]
+__all__ = ["MinuitFit", "minuit_fit", "minuit_fits"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,20 @@ def minuit_fit(
     start: tuple[float, float],
     level: float = 0.6827,
 ) -> MinuitFit:
-    """MIGRAD then MINOS in ``mu``; the density is evaluated at each nuisance value asked for.
+    """MIGRAD then MINOS in ``mu`` at ``level`` (see :func:`minuit_fits`)."""
+    return minuit_fits(density, lik, data, nuisance_range, start, (level,))[level]
+
+
+def minuit_fits(
+    density: ComponentDensity,
+    lik: Likelihood,
+    data: Dataset,
+    nuisance_range: tuple[float, float] | None,
+    start: tuple[float, float],
+    levels: tuple[float, ...] = (0.6827,),
+) -> dict[float, MinuitFit]:
+    """MIGRAD once, then MINOS in ``mu`` at each of ``levels``; the density is evaluated at each
+    nuisance value asked for.
 
     ``mu`` stays inside ``lik.mu_bounds``, the nuisance inside ``nuisance_range`` within
     ``lik.nuisance_bounds`` (all of them when ``None``); the constraint term is the likelihood's."""
@@ -55,8 +68,11 @@ def minuit_fit(
     m.migrad()
     if not m.valid:
         raise FitError(f"MIGRAD did not converge: {m.fmin}")
-    m.minos("mu", cl=level)
-    err = m.merrors["mu"]
-    low, high = m.values["mu"] + err.lower, m.values["mu"] + err.upper
-    return MinuitFit(float(m.values["mu"]), float(m.values["z"]), float(m.fval),
-                     Interval(level, float(low), float(high)), bool(m.valid and err.is_valid))
+    best = (float(m.values["mu"]), float(m.values["z"]), float(m.fval))
+    out = {}
+    for level in levels:
+        m.minos("mu", cl=level)
+        err = m.merrors["mu"]
+        out[level] = MinuitFit(*best, Interval(level, best[0] + float(err.lower), best[0] + float(err.upper)),
+                               bool(m.valid and err.is_valid))
+    return out

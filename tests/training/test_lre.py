@@ -118,7 +118,7 @@ def test_empty_training_split_names_the_process(small):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("estimator.kind=lre2", r"'estimator.kind' = 'lre2': expected one of \('lre', 'dle'\)"),
+    ("estimator.kind=lre2", r"'estimator.kind' = 'lre2': expected one of \('lre', 'dle', 'set'\)"),
     ("training.learning_rate=-0.1", r"'training.learning_rate' = -0.1: expected a positive number"),
     ("estimator.widths=[64, 0]", r"'estimator.widths' = \[64, 0\]: expected a non-empty list of positive"),
     ("training.devices=0", r"'training.devices' = 0: expected an integer >= 1"),

@@ -16,7 +16,7 @@ from tests.helpers import ROOT, run_law
 CONFIG = ROOT / "configs" / "higgs.yaml"
 #: small sizes: one member of each kind (the config's training: weaker ones put the LRE's alpha_hat
 #: on its bounds), 40 toys at 3 belt points, 100 coverage datasets at 2 points
-SMALL = ("training.members=1,"
+SMALL = ("training.members=1,estimator.transforms=1,"
          "inference.neyman.points=3,inference.neyman.toys=40,inference.neyman.chunk=40,"
          "inference.coverage.datasets=100")
 
