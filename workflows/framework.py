@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -223,6 +224,7 @@ class HSBITask(law.Task):
             self.input_addresses(),
             self.code_version,
             self.provenance(),
+            started=getattr(self, "_hsbi_started", None),
         ) as path:
             yield path
 
@@ -232,6 +234,12 @@ class HSBITask(law.Task):
             return fn(*args, **kwargs)
         except HSBIError as err:
             raise UserError(f"{self.task_family}: {err}") from None
+
+
+@HSBITask.event_handler(luigi.Event.START)
+def _record_start(task: HSBITask) -> None:
+    """When the worker starts a task's run(): the artifact's manifest records its production time."""
+    task._hsbi_started = time.time()
 
 
 from workflows.remote import HSBIRemoteWorkflow  # noqa: E402 - only HSBIWorkflow needs it

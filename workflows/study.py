@@ -61,6 +61,7 @@ class HiggsStudy(HSBITask):
 
     def run(self) -> None:
         from hsbi.inference.study import study_report
+        from hsbi.store.tools import run_timing
 
         reqs = {k: v.artifact() for k, v in self.requires().items() if k != "events"}
         dirs = [b.artifact().path for b in self.requires()["events"].get_branch_tasks().values()]
@@ -71,7 +72,9 @@ class HiggsStudy(HSBITask):
         results = {k: reqs[f"infer_{k}"].json("result.json") for k in self.kinds}
         coverage = {k: [a.json("coverage.json") for n, a in reqs.items() if n.startswith(f"coverage_{k}_")]
                     for k in self.kinds}
+        addresses = [a for v in self.input_addresses().values() for a in (v if isinstance(v, list) else [v])]
+        timing = run_timing(self.store, addresses)
         with self.write() as out:
             self.run_hsbi(study_report, out, self.analysis, _model(self, "test"), dirs, results, coverage,
-                          images, self.alpha_points)
+                          images, self.alpha_points, timing)
         self.publish_message(f"report: {self.output().path}/report.md")

@@ -11,11 +11,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from hsbi.data import Dataset
-from hsbi.inference.batched_nd import Basis, BatchedToys, Window, assemble, pooled_toys, prepare, profile_t
+from hsbi.inference.batched_nd import (
+    Basis,
+    BatchedToys,
+    Window,
+    assemble,
+    pool_sizes,
+    pooled_toys,
+    prepare,
+    profile_t,
+)
 from hsbi.inference.likelihood import Likelihood
 from hsbi.models.base import ComponentDensity, MixtureModel
 
-__all__ = ["BatchedToys", "batched_t", "pool_toys", "prepare_toys"]
+__all__ = ["BatchedToys", "batched_t", "pool_toys", "pool_toys_and_expectation", "prepare_toys"]
 
 
 def _scalar(density: ComponentDensity):
@@ -45,7 +54,13 @@ def prepare_toys(
                    Basis.total_degree(1, degree), lik.mu_bounds, (lik.aux_term,))
 
 
-def pool_toys(
+def pool_toys(*args, **kwargs) -> BatchedToys:
+    """Toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates are computed once:
+    the toys of :func:`pool_toys_and_expectation` (same arguments) without the expectation."""
+    return pool_toys_and_expectation(*args, **kwargs)[0]
+
+
+def pool_toys_and_expectation(
     density: ComponentDensity,
     lik: Likelihood,
     model: MixtureModel,
@@ -57,22 +72,34 @@ def pool_toys(
     half_width: float,
     pool_factor: float = 20.0,
     degree: int = 4,
-) -> BatchedToys:
-    """Toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates are computed once.
+) -> tuple[BatchedToys, BatchedToys]:
+    """``n_toys`` toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates (over
+    ``nuisance +- half_width``) are computed once, and the pools' expectation.
 
     Each process's pool holds ``pool_factor`` times its expected yield, simulated at the toy
     point; a toy takes ``n_c ~ Poisson(y_c)`` distinct events of each pool (a draw without
     replacement within a toy; toys overlap by about ``1 / pool_factor``). The auxiliary
-    measurement is resampled per toy (``lik.aux_term``). Network evaluations drop by about ``n_toys / pool_factor``.
-    """
+    measurement is resampled per toy (``lik.aux_term``). Network evaluations drop by about
+    ``n_toys / pool_factor``.
+
+    The expectation is one dataset holding every pool event with weight ``y_c / pool size`` and
+    the nuisance as its auxiliary measurement: the Asimov dataset of the distribution the toys are
+    drawn from. Its fit tells the bias the toys share: what a finite pool (for a data-driven
+    model, the finite held-out sample) and the estimator's own mismodelling do to every toy alike."""
     window = Window.clipped([nuisance], [half_width], [model.nuisance_range])
     basis = Basis.total_degree(1, degree)
     rng = np.random.default_rng(seed)
+    yields = model.yields(n_expected, mu, nuisance)
     table, rows, _ = pooled_toys(
         _scalar(density), lambda r, proc, size: model.sample(r, proc, np.full(size, nuisance)),
-        model.processes, model.yields(n_expected, mu, nuisance), n_toys, rng, window, basis, pool_factor)
+        model.processes, yields, n_toys, rng, window, basis, pool_factor)
     aux = np.array([[lik.aux_term.sample(rng, nuisance)] for _ in range(n_toys)])
-    return assemble(table, rows, [None] * n_toys, aux, _yields(lik), window, basis, lik.mu_bounds, (lik.aux_term,))
+    common = (_yields(lik), window, basis, lik.mu_bounds, (lik.aux_term,))
+    toys = assemble(table, rows, [None] * n_toys, aux, *common)
+    sizes = pool_sizes(yields, pool_factor)
+    weights = np.concatenate([np.full(n, y / n) for y, n in zip(yields, sizes) if n])
+    expected = assemble(table, [np.arange(len(table))], [weights], np.array([[nuisance]]), *common)
+    return toys, expected
 
 
 def batched_t(toys: BatchedToys, mu: float, mu_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:

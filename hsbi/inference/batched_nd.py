@@ -43,6 +43,7 @@ __all__ = [
     "assemble",
     "fit",
     "intervals",
+    "pool_sizes",
     "pooled_toys",
     "prepare",
     "profile_fits",
@@ -220,6 +221,13 @@ def prepare(log_components: LogComponents, xs: Sequence[np.ndarray], weights: Se
     return assemble(table, rows, weights, aux, yields, window, basis, mu_bounds, constraints)
 
 
+def pool_sizes(yields_at_truth: np.ndarray, pool_factor: float = 20.0) -> np.ndarray:
+    """Events in each process's pool: ``pool_factor`` times its expected yield, at least
+    ``10 sqrt(y) + 50`` (none for a process with no yield)."""
+    return np.array([int(np.ceil(max(pool_factor * y, 10 * np.sqrt(y) + 50))) if y > 0 else 0
+                     for y in np.asarray(yields_at_truth, dtype=float)], dtype=np.int64)
+
+
 def pooled_toys(log_components: LogComponents, sample: Sampler, processes: Sequence[str],
                 yields_at_truth: np.ndarray, n_toys: int, rng: np.random.Generator, window: Window,
                 basis: Basis, pool_factor: float = 20.0) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
@@ -230,9 +238,8 @@ def pooled_toys(log_components: LogComponents, sample: Sampler, processes: Seque
     toy's rows of it and each toy's events (``(n_b, D)``, for cross-checks).
     """
     pools, offset, tables = [], 0, []
-    for proc, y in zip(processes, yields_at_truth):
-        size = int(np.ceil(max(pool_factor * y, 10 * np.sqrt(y) + 50))) if y > 0 else 0
-        x = sample(rng, proc, size)
+    for proc, size in zip(processes, pool_sizes(yields_at_truth, pool_factor)):
+        x = sample(rng, proc, int(size))
         tables.append(surrogate_coefficients(log_components, x, window, basis))
         pools.append((x, offset))
         offset += size

@@ -9,7 +9,11 @@ profile construction). Coverage errors are binomial, ``sqrt(p (1 - p) / N)`` (``
 per-process pools (``batched.pool_toys``; for a data-driven model, resampled from its held-out
 ``test`` events), so that both follow one distribution, and fits them all at once; the Neyman
 error then counts the reference toys' quantile too, and the mean width is that of every
-dataset's Wilks interval.
+dataset's Wilks interval. The pools' expectation (every pool event weighted by its process's
+yield over the pool's size) is fitted too: ``t_A`` at the truth on it is the non-centrality the
+datasets share, from a finite pool (for a data-driven model, the finite held-out sample) and from
+the estimator's mismodelling alike, and ``P(chi2'(1, t_A) < F^-1_chi2_1(CL))`` the Wilks coverage
+that such a shared bias alone predicts (``pool_expectation`` in the summary).
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from scipy.stats import chi2
+from scipy.stats import chi2, ncx2
 
 from hsbi.config import AnalysisConfig
 from hsbi.inference.analysis import POOL_WINDOW_SIGMAS, TOY_WINDOW_POINTS, TOY_WINDOW_SIGMAS, toy_seed
 from hsbi.inference.asimov import asimov_dataset
-from hsbi.inference.batched import pool_toys
-from hsbi.inference.batched_nd import intervals, profile_fits
+from hsbi.inference.batched import pool_toys_and_expectation
+from hsbi.inference.batched_nd import BatchedToys, intervals, profile_fits
 from hsbi.inference.likelihood import Likelihood
 from hsbi.inference.profile import (
     asymptotic_interval,
@@ -118,6 +122,34 @@ def _entry(t: np.ndarray, t_ref: np.ndarray, levels: tuple[float, ...], failed: 
     return entry
 
 
+def _expectation(expected: BatchedToys, mu: float, levels: tuple[float, ...], mu_hats: np.ndarray) -> dict:
+    """The fit of the pools' expectation: best fit, 68.3% interval, ``t_A`` at the truth, the
+    signed shift ``b = sign(mu_hat - mu) sqrt(t_A)`` in standard deviations of ``mu_hat``, the
+    Wilks coverage ``P(chi2'(1, t_A) < F^-1_chi2_1(CL))`` that this shift alone predicts, and the
+    datasets' own spread of ``mu_hat`` (``mu_hats``) over the expectation's ``sigma``.
+
+    A dataset takes a share ``f`` of each pool without replacement (``pool_share``; 1/20 by
+    default), which narrows the spread around the pools' expectation by at most ``sqrt(1 - f)``
+    (the finite-population correction; over many pools the shift's own variance restores it):
+    at most +1.2 points of 68.3% coverage for ``f = 1/20``, a second-order effect next to a
+    shift of a few tenths of a standard deviation."""
+    cond, glob = profile_fits(expected, mu)
+    t_a = float(max(cond.nll[0] - min(glob.nll[0], cond.nll[0]), 0.0) * 2.0)
+    low, high, ok = intervals(expected, glob, q=1.0)
+    w = expected.weights.numpy()[0]
+    spread = float(np.std(mu_hats, ddof=1) / (0.5 * (high[0] - low[0]))) if ok[0] and len(mu_hats) > 1 else None
+    return {
+        "mu_hat": round(float(glob.mu[0]), 6), "nuisance_hat": round(float(glob.nuisance[0, 0]), 6),
+        "interval_68": [round(float(low[0]), 6), round(float(high[0]), 6)] if ok[0] else None,
+        "t_at_truth": round(t_a, 5), "shift_sigma": round(float(np.sign(glob.mu[0] - mu) * np.sqrt(t_a)), 4),
+        "spread_ratio": None if spread is None else round(spread, 4),
+        "pool_share": round(float(w.sum() / max((w > 0).sum(), 1)), 5),
+        "at_edge": bool(glob.at_edge[0] or cond.at_edge[0]),
+        "wilks_predicted": {f"{100 * cl:.0f}": round(float(ncx2.cdf(chi2.ppf(cl, 1), 1, max(t_a, 1e-12))), 5)
+                            for cl in levels},
+    }
+
+
 def _pool_study(cfg: AnalysisConfig, densities: Mapping[str, ComponentDensity], model: MixtureModel,
                 lik: Likelihood, progress: Callable[[str], None]) -> tuple[dict, dict[str, np.ndarray]]:
     """Coverage with pooled datasets and batched fits (see the module docstring)."""
@@ -133,7 +165,8 @@ def _pool_study(cfg: AnalysisConfig, densities: Mapping[str, ComponentDensity], 
         half = POOL_WINDOW_SIGMAS * max(sigma_z, 1e-3)
         progress(f"CoverageStudy [{name}]: {cov.datasets} datasets and {cov.datasets} reference toys from "
                  "one set of pools, batched fits")
-        toys = pool_toys(density, lik, model, mu, z, inf.n_expected, 2 * cov.datasets, cov.seed, half)
+        toys, expected = pool_toys_and_expectation(density, lik, model, mu, z, inf.n_expected, 2 * cov.datasets,
+                                                   cov.seed, half)
         cond, glob = profile_fits(toys, mu)
         t_all = 2.0 * (cond.nll - np.minimum(glob.nll, cond.nll))
         t_all[cond.at_edge | glob.at_edge] = np.nan  # on the window's edge: counted as failed
@@ -145,6 +178,8 @@ def _pool_study(cfg: AnalysisConfig, densities: Mapping[str, ComponentDensity], 
             entry["mean_width"] = {f"{100 * inf.levels[0]:.0f}": round(float(w.mean()), 6),
                                    "error": round(float(w.std(ddof=1) / np.sqrt(len(w))), 6),
                                    "intervals": int(len(w))}
+        good = ~(glob.at_edge[: cov.datasets] | cond.at_edge[: cov.datasets])
+        entry["pool_expectation"] = _expectation(expected, mu, inf.levels, glob.mu[: cov.datasets][good])
         summary[name] = entry
         t_values[name] = t
     return summary, t_values

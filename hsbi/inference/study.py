@@ -14,7 +14,14 @@ from hsbi.config import AnalysisConfig
 from hsbi.data.events import read_split
 from hsbi.exceptions import ConfigError
 from hsbi.models.base import MixtureModel
-from hsbi.plotting.study import coverage_rows, coverage_table, plot_coverage, plot_features, write_report
+from hsbi.plotting.study import (
+    coverage_rows,
+    coverage_table,
+    plot_coverage,
+    plot_features,
+    shift_table,
+    write_report,
+)
 
 __all__ = ["check_study_points", "study_report"]
 
@@ -79,14 +86,49 @@ def _splits_table(summary: Mapping) -> str:
     return "\n".join(lines)
 
 
+def _shift_section(rows: Sequence[Mapping], kinds: Sequence[str]) -> str:
+    """Why a Wilks coverage can miss nominal on pooled datasets: the bias they all share."""
+    if not rows or rows[0].get("shift") is None:
+        return ""
+    return ("**What the datasets share.** All datasets of a point are drawn from one set of pools of the "
+            "test events, so whatever the pools' own distribution does to the fit (the finite held-out sample "
+            "differs from the training sample by sampling fluctuations; the estimator mismodels some of it) "
+            "shifts them all alike. The fit to the pools' expectation (every pool event weighted by its "
+            "expected count) measures that shift: `shift` = sign(mu_hat - mu) sqrt(t_A(mu)) in standard "
+            "deviations of mu_hat, and a shift b alone makes t(mu) a non-central chi2 with non-centrality "
+            "b^2, so the Wilks coverage it predicts is P(chi2'(1, b^2) < F^-1_chi2_1(CL)). `spread`: the "
+            "datasets' standard deviation of mu_hat over the expectation's. The Neyman construction "
+            "calibrates on reference toys from the same pools, so the shift does not move its coverage. "
+            "⚠ marks a measured Wilks coverage more than 2 binomial errors from its prediction.\n\n"
+            + shift_table(rows, kinds))
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {sec} s" if minutes else f"{sec} s"
+
+
+def _run_section(timing: Mapping) -> str:
+    """Where the time of the study went, from the upstream manifests."""
+    by_task = ", ".join(f"{family} {_duration(sec)} ({n})" for family, (n, sec) in timing["per_family"].items())
+    span = (f"The first of them started at {timing['first_started']} and the last was made at "
+            f"{timing['last_created']}: a span of **{_duration(timing['span_seconds'])}**. When one cold "
+            "`law run HiggsStudy` (one worker) made them all, that span plus this report's own step is the "
+            "run's wall time; a span much longer than the summed time means the inputs came from several runs.")
+    return (f"This report was made from {timing['artifacts']} upstream artifacts in the store; "
+            f"{timing['timed']} of them record their production time. Summed production time: "
+            f"**{_duration(timing['seconds'])}** (by task, with the number of artifacts: {by_task}). " + span)
+
+
 def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequence[str | Path],
                  results: Mapping[str, Mapping], coverage: Mapping[str, Sequence[Mapping]],
-                 images: Mapping[str, Path], alphas: Sequence[float], wall: str = "") -> dict:
+                 images: Mapping[str, Path], alphas: Sequence[float], timing: Mapping | None = None) -> dict:
     """Write ``report.md``, ``features.png``, ``coverage.png``, ``study.json`` and the copied
     ``images`` (``{name: png}``) into ``out``; return the JSON summary.
 
     ``results``: ``result.json`` per estimator kind (InferProfileLikelihood); ``coverage``:
-    per kind the ``coverage.json`` of every truth point (CoverageStudy).
+    per kind the ``coverage.json`` of every truth point (CoverageStudy); ``timing``: the
+    upstream artifacts' production times (:func:`hsbi.store.tools.run_timing`).
     """
     kinds = list(results)
     feats = {proc: {a: model.process_events(proc, a) for a in alphas} for proc in model.processes}
@@ -98,6 +140,8 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
     inf, tr, sim = cfg.inference, cfg.training, cfg.simulation
     splits = model.split_summary()
     summary = {"results": results, "coverage": rows, "splits": splits, "alphas": list(alphas)}
+    if timing is not None:
+        summary["timing"] = dict(timing)
     (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     img = lambda name, alt: f"![{alt}]({name}.png)" if name in images else f"({alt}: not produced)"  # noqa: E731
     sections = [
@@ -134,9 +178,10 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
          "(the ideal profile construction), both resampled from one set of per-process pools of the test events; "
          "alpha profiled. Errors are binomial: sqrt(p(1-p)/N) for Wilks, sqrt(p(1-p)(1/N + 1/N_ref)) for Neyman "
          "(the critical value's own error); ⚠ marks a value more than 2 errors from nominal. Width: mean 68% Wilks interval width.\n\n"
-         + coverage_table(rows, kinds) + "\n\n![coverage](coverage.png)"),
+         + coverage_table(rows, kinds) + "\n\n![coverage](coverage.png)\n\n"
+         + _shift_section(rows, kinds)),
     ]
-    if wall:
-        sections.append(("Run", wall))
+    if timing is not None:
+        sections.append(("Run", _run_section(timing)))
     write_report(out / "report.md", f"{cfg.name}: signal fraction with a tau-energy-scale nuisance", sections)
     return summary

@@ -3,7 +3,7 @@ and the Markdown page that ties the study's plots and numbers together."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["coverage_rows", "coverage_table", "plot_coverage", "plot_features", "write_report"]
+__all__ = ["coverage_rows", "coverage_table", "plot_coverage", "plot_features", "shift_table", "write_report"]
 
 _KIND_COLORS = {"lre": "tab:blue", "dle": "tab:orange", "exact": "black"}
 
@@ -56,9 +56,13 @@ def coverage_rows(studies: Mapping[str, Sequence[Mapping]], levels: Sequence[str
     for kind, summaries in studies.items():
         for s in summaries:
             entry = s[kind]
+            pool = entry.get("pool_expectation") or {}
             for level in levels:
                 cov = entry[level]
                 rows.append({
+                    "pool_mu_hat": pool.get("mu_hat"), "shift": pool.get("shift_sigma"),
+                    "spread_ratio": pool.get("spread_ratio"),
+                    "wilks_predicted": (pool.get("wilks_predicted") or {}).get(level),
                     "kind": kind, "mu": s["truth"]["mu"], "nuisance": s["truth"]["nuisance"], "level": level,
                     "wilks": cov["asymptotic"]["value"], "wilks_error": cov["asymptotic"]["error"],
                     "neyman": cov["neyman"]["value"], "neyman_error": cov["neyman"]["error"],
@@ -72,27 +76,53 @@ def _pull(value: float, error: float, nominal: float) -> str:
     return f"{value:.3f} ± {error:.3f}" + (" ⚠" if abs(value - nominal) > 2 * max(error, 1e-9) else "")
 
 
+def _point_table(rows: Sequence[Mapping], kinds: Sequence[str], columns: Sequence[str],
+                 cells: Callable[[Mapping[str, Mapping]], list[str]]) -> str:
+    """Markdown: one line per (mu, nuisance); per kind the ``columns`` (prefixed by the kind)
+    filled by ``cells({level: row})``."""
+    head = "| mu | alpha | " + " | ".join(f"{k.upper()} {c}" for k in kinds for c in columns) + " |"
+    lines = [head, "|" + "---|" * (2 + len(columns) * len(kinds))]
+    for mu, a in sorted({(r["mu"], r["nuisance"]) for r in rows}):
+        line = [f"{mu:g}", f"{a:g}"]
+        for k in kinds:
+            line += cells({r["level"]: r for r in rows if r["kind"] == k and (r["mu"], r["nuisance"]) == (mu, a)})
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
 def coverage_table(rows: Sequence[Mapping], kinds: Sequence[str]) -> str:
     """Markdown: one line per (mu, nuisance), per kind the Wilks and Neyman coverage at 68.3% and
     95% (binomial errors; ⚠ beyond 2 errors from nominal) and the mean 68% width."""
     nominal = {"68": 0.6827, "95": 0.95}
-    points = sorted({(r["mu"], r["nuisance"]) for r in rows})
-    head = "| mu | alpha | " + " | ".join(
-        f"{k.upper()} Wilks 68% | {k.upper()} Neyman 68% | {k.upper()} Wilks 95% | {k.upper()} Neyman 95% | "
-        f"{k.upper()} width 68%" for k in kinds) + " |"
-    lines = [head, "|" + "---|" * (2 + 5 * len(kinds))]
-    for mu, a in points:
-        cells = [f"{mu:g}", f"{a:g}"]
-        for k in kinds:
-            by_level = {r["level"]: r for r in rows if r["kind"] == k and (r["mu"], r["nuisance"]) == (mu, a)}
-            for level in ("68", "95"):
-                r = by_level[level]
-                cells += [_pull(r["wilks"], r["wilks_error"], nominal[level]),
-                          _pull(r["neyman"], r["neyman_error"], nominal[level])]
-            width = by_level["68"]["width_68"]
-            cells.append("-" if width is None else f"{width:.4f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cells(by_level: Mapping[str, Mapping]) -> list[str]:
+        out = [_pull(by_level[lv][m], by_level[lv][f"{m}_error"], nominal[lv])
+               for lv in ("68", "95") for m in ("wilks", "neyman")]
+        width = by_level["68"]["width_68"]
+        return out + ["-" if width is None else f"{width:.4f}"]
+
+    return _point_table(rows, kinds, ("Wilks 68%", "Neyman 68%", "Wilks 95%", "Neyman 95%", "width 68%"), cells)
+
+
+def shift_table(rows: Sequence[Mapping], kinds: Sequence[str]) -> str:
+    """Markdown: per (mu, nuisance) and kind, the best fit to the pools' expectation, its shift
+    from the truth in standard deviations, the datasets' spread of mu_hat over that standard
+    deviation, and the Wilks coverage the shift predicts against the one measured (68.3% / 95%);
+    ⚠ where the measured value is more than 2 binomial errors from the prediction."""
+
+    def cells(by_level: Mapping[str, Mapping]) -> list[str]:
+        r68 = by_level["68"]
+        if r68.get("shift") is None:
+            return ["-"] * 5
+        spread = r68.get("spread_ratio")
+        out = [f"{r68['pool_mu_hat']:.4f}", f"{r68['shift']:+.2f} σ", "-" if spread is None else f"{spread:.3f}"]
+        for r in (by_level["68"], by_level["95"]):
+            flag = " ⚠" if abs(r["wilks"] - r["wilks_predicted"]) > 2 * max(r["wilks_error"], 1e-9) else ""
+            out.append(f"{r['wilks_predicted']:.3f} / {r['wilks']:.3f}{flag}")
+        return out
+
+    return _point_table(rows, kinds, ("mu_hat (expectation)", "shift", "spread", "Wilks 68% predicted / measured",
+                                      "Wilks 95% predicted / measured"), cells)
 
 
 def plot_coverage(path: Path, rows: Sequence[Mapping], kinds: Sequence[str]) -> None:
@@ -111,6 +141,10 @@ def plot_coverage(path: Path, rows: Sequence[Mapping], kinds: Sequence[str]) -> 
                 ax.errorbar(x, [r[method] for r in sel], [r[f"{method}_error"] for r in sel], fmt=marker,
                             color=_KIND_COLORS.get(kind), mfc="none" if method == "wilks" else None, ms=4,
                             label=f"{kind.upper()} {'Neyman' if method == 'neyman' else 'Wilks'}")
+                predicted = [r.get("wilks_predicted") for r in sel]
+                if method == "wilks" and all(v is not None for v in predicted):
+                    ax.plot(x, predicted, "_", color=_KIND_COLORS.get(kind), ms=12, mew=2,
+                            label=f"{kind.upper()} Wilks predicted by the pool's shift")
         ax.set_xticks(range(len(points)), [f"mu={m:g}\nalpha={a:g}" for m, a in points], fontsize=7)
         ax.set_ylabel(f"coverage of the {level}% interval")
     axes[0].legend(fontsize=7)

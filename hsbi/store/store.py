@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -242,12 +243,15 @@ class Store:
         inputs: Mapping[str, Any] | Sequence[str] = (),
         code: str = "",
         provenance: Mapping[str, Any] | None = None,
+        started: float | None = None,
     ) -> Iterator[Path]:
         """Yield a scratch directory; on success it becomes the artifact in one step.
 
         On any exception the scratch directory is removed and nothing becomes visible. When the
         artifact appeared meanwhile (another process made it), the new copy is discarded.
         ``provenance`` (e.g. the producing task's full config) is recorded but not hashed.
+        ``started`` (a ``time.time()``, e.g. when the producing task began) is recorded with the
+        production time in seconds (the manifest's ``started`` and ``seconds``; not hashed).
         """
         self._check(family, address)
         tmp_root = self.local / ".tmp"
@@ -255,7 +259,7 @@ class Store:
         try:
             tmp.mkdir(parents=True)
             yield tmp
-            self._seal(tmp, family, address, params, inputs, code, provenance or {})
+            self._seal(tmp, family, address, params, inputs, code, provenance or {}, started)
             self._commit(tmp, family, address)
         except OSError as err:
             raise StoreError(
@@ -266,7 +270,7 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _seal(self, tmp: Path, family: str, address: str, params: Any, inputs: Any, code: str,
-              provenance: Mapping[str, Any]) -> None:
+              provenance: Mapping[str, Any], started: float | None = None) -> None:
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
@@ -288,6 +292,9 @@ class Store:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(),
         }
+        if started is not None:
+            manifest["started"] = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds")
+            manifest["seconds"] = round(max(time.time() - started, 0.0), 1)
         manifest["digest"] = _manifest_digest(manifest)
         target = tmp / MANIFEST_NAME
         target.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

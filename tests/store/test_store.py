@@ -32,6 +32,17 @@ def test_roundtrip_and_manifest(tmp_path):
     assert set(m["files"]) == {"data.npz", "meta.json"}
     assert {"created", "host", "packages", "code_version", "digest"} <= set(m)
     assert str(tmp_path) not in (art.path / MANIFEST_NAME).read_text()  # relocatable
+    assert "started" not in m and "seconds" not in m  # recorded only when the writer is told
+
+
+def test_manifest_records_the_production_time(tmp_path):
+    import time
+
+    store = Store(tmp_path)
+    with store.writer("Demo", ADDR, {"a": 1}, started=time.time() - 5.0) as out:
+        (out / "meta.json").write_text("{}")
+    m = store.open("Demo", ADDR).manifest
+    assert 5.0 <= m["seconds"] < 60 and m["started"] <= m["created"]
 
 
 def test_exception_inside_write_leaves_nothing(tmp_path):

@@ -28,6 +28,25 @@ def test_ls_and_show(store_copy):
     assert "code v1-s1-" in tree and "torch" in tree
 
 
+def test_manifests_record_production_times(store_copy):
+    """Every artifact a real `law run` made records when its task started and how long it took;
+    `run_timing` sums them over an artifact and everything upstream of it."""
+    import datetime as dt
+
+    from hsbi.store.tools import run_timing
+
+    store = Store(store_copy)
+    (infer,) = store.addresses("InferProfileLikelihood")
+    for family, address in store.artifacts():
+        m = store.manifest(family, address)
+        assert m["seconds"] >= 0 and dt.datetime.fromisoformat(m["started"]) <= dt.datetime.fromisoformat(m["created"])
+    timing = run_timing(store, [infer])
+    assert timing["artifacts"] == timing["timed"] == 8
+    assert sum(n for n, _ in timing["per_family"].values()) == 8 and "TrainEstimator" in timing["per_family"]
+    assert timing["seconds"] > 0 and timing["span_seconds"] >= timing["seconds"] - 8  # 1 s resolution each
+    assert " s on " in hsbi(store_copy, "show", infer).stdout  # `show` prints each production time
+
+
 def test_verify_reports_corruption(store_copy):
     assert hsbi(store_copy, "verify", "--all").returncode == 0
     (member,) = Store(store_copy).addresses("TrainEstimator")

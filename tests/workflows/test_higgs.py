@@ -47,6 +47,14 @@ def test_study_writes_the_report(study):
     assert all(s["events"] > 0 for procs in summary["splits"].values() for s in procs.values())
     assert set(summary["results"]) == {"lre", "dle"} and "exact" not in summary["results"]["lre"]
     assert "report:" in out
+    # the shift the pooled datasets share, and the Wilks coverage it predicts, per point and kind
+    assert "What the datasets share" in report and "Wilks 68% predicted / measured" in report
+    assert all(r["shift"] is not None and 0 < r["wilks_predicted"] < 1 for r in summary["coverage"])
+    # where the study's time went: every upstream artifact of this cold run records its own
+    timing = summary["timing"]
+    assert timing["artifacts"] == timing["timed"] > 20 and timing["seconds"] > 0
+    assert {"TrainEstimator", "CoverageStudy", "IngestSamples"} <= set(timing["per_family"])
+    assert "## Run" in report and f"from {timing['artifacts']} upstream artifacts" in report
 
 
 def test_coverage_artifact_reproduces(study, tmp_path):
