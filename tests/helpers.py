@@ -44,3 +44,19 @@ def run_law(store: Path | str, task: str, *args: str, timeout: float = 600) -> s
 
 def run_micro(store: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_law(store, "InferProfileLikelihood", "--config", str(MICRO_CONFIG), *args)
+
+
+def assert_float64_copy_is_smooth(single, x, z: float = 0.7) -> None:
+    """``single.astype(float64)`` gives the float32 ensemble's values within its rounding and is a
+    smooth function of the nuisance, where float32 is a step function at its 6e-8 resolution
+    (which stalls MIGRAD's numerical derivatives)."""
+    import numpy as np
+    import torch
+
+    double = single.astype(torch.float64)
+    np.testing.assert_allclose(double.log_components(x, np.array([z])), single.log_components(x, np.array([z])),
+                               atol=1e-4)
+    pair = np.array([z + 1e-9, z])
+    s, d = single.log_components(x, pair), double.log_components(x, pair)
+    assert np.array_equal(s[0], s[1])
+    assert 0 < np.abs(d[0] - d[1]).max() < 1e-6

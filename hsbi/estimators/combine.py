@@ -294,6 +294,10 @@ class CombinedEnsemble:
     def members(self) -> list:
         return self.ensemble.members
 
+    def astype(self, dtype: Any) -> CombinedEnsemble:
+        """The same combination of the ensemble evaluated in ``dtype`` (a torch dtype)."""
+        return CombinedEnsemble(self.ensemble.astype(dtype), self.combination)
+
     def member_log_ratios(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         """Per member: ``(M, n, C)`` with one nuisance value per event (``x (n, D)``, ``nuisance (n,)``
         or ``(n, P)``)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -62,20 +64,29 @@ class DLEEnsemble:
     ``(K, n, C)``.
     """
 
-    def __init__(self, members: Sequence[Mapping[str, FlowNet]], chunk: int = 1 << 16) -> None:
+    def __init__(self, members: Sequence[Mapping[str, FlowNet]], chunk: int = 1 << 16,
+                 dtype: torch.dtype = torch.float32) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        self.members = [dict(m) for m in members]
+        with warnings.catch_warnings():  # torch's pytree deprecation note on copying zuko's modules
+            warnings.simplefilter("ignore", FutureWarning)
+            self.members = [{p: net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
+                             for p, net in m.items()} for m in members]
         self.processes = tuple(self.members[0])
-        self.chunk = chunk
+        self.chunk, self.dtype = chunk, dtype
+
+    def astype(self, dtype: torch.dtype) -> DLEEnsemble:
+        """The same ensemble evaluated in ``dtype`` (float32 by default; float64 for MIGRAD, whose
+        numerical derivatives need a smooth function of the nuisance)."""
+        return DLEEnsemble(self.members, self.chunk, dtype)
 
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
-        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=np.float32)))
+        x_t = torch.as_tensor(np.asarray(x, dtype=float), dtype=self.dtype)
+        z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=float)), dtype=self.dtype)
         n, k = x_t.shape[0], z_t.shape[0]
         inputs = torch.cat([x_t.repeat(k, 1), z_t.repeat_interleave(n).unsqueeze(-1)], dim=1)
-        out = torch.empty(len(self.members), k * n, len(self.processes))
+        out = torch.empty(len(self.members), k * n, len(self.processes), dtype=self.dtype)
         for m, member in enumerate(self.members):
             for c, proc in enumerate(self.processes):
                 for s in range(0, k * n, self.chunk):

@@ -72,25 +72,32 @@ class LREEnsemble:
     together as one batched MLP (``baddbmm`` per layer) in chunks of ``chunk`` rows. The default
     4096 rows keep a layer's activations (``M * C * chunk * width`` floats; 6 MB for 6 networks of
     width 64) cache-sized: 2x faster than 16384 rows here, whose 25 MB blocks also made glibc's
-    heap grow by 1.5 GB over a 1.2 M-row evaluation (an Asimov grid).
+    heap grow by 1.5 GB over a 1.2 M-row evaluation (an Asimov grid). ``dtype``: the arithmetic's
+    precision (float32 by default; :meth:`astype` gives a float64 copy, e.g. for MIGRAD, whose
+    numerical derivatives need a smooth function of the nuisance).
     """
 
-    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 12) -> None:
+    def __init__(self, members: Sequence[Mapping[str, RatioNet]], chunk: int = 1 << 12,
+                 dtype: torch.dtype = torch.float32) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = [dict(m) for m in members]
         self.processes = tuple(self.members[0])
-        self.chunk = chunk
+        self.chunk, self.dtype = chunk, dtype
         nets = [m[p] for m in self.members for p in self.processes]
         if any(n.hparams != nets[0].hparams for n in nets):
             raise ValueError("all ensemble networks must share one architecture")
         linears = [layer for layer in nets[0].net if isinstance(layer, nn.Linear)]
         index = [i for i, layer in enumerate(nets[0].net) if isinstance(layer, nn.Linear)]
-        self._weights = [torch.stack([n.net[i].weight.T.detach() for n in nets]) for i in index]
-        self._biases = [torch.stack([n.net[i].bias.detach() for n in nets]).unsqueeze(1) for i in index]
-        self._shift = torch.stack([n.shift for n in nets]).unsqueeze(1)
-        self._scale = torch.stack([n.scale for n in nets]).unsqueeze(1)
+        self._weights = [torch.stack([n.net[i].weight.T.detach() for n in nets]).to(dtype) for i in index]
+        self._biases = [torch.stack([n.net[i].bias.detach() for n in nets]).unsqueeze(1).to(dtype) for i in index]
+        self._shift = torch.stack([n.shift for n in nets]).unsqueeze(1).to(dtype)
+        self._scale = torch.stack([n.scale for n in nets]).unsqueeze(1).to(dtype)
         self._act = nets[0].net[1] if len(linears) > 1 else nn.Identity()
+
+    def astype(self, dtype: torch.dtype) -> LREEnsemble:
+        """The same ensemble evaluated in ``dtype``."""
+        return LREEnsemble(self.members, self.chunk, dtype)
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of every network, ``(M * C, N)``, for inputs ``(N, D + P)``."""
@@ -105,7 +112,7 @@ class LREEnsemble:
     def member_log_ratios(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
         """Per member, process and event: ``log r_c(x_i, z_i)`` with one nuisance value per
         event (``x (n, D)``, ``nuisance (n,)`` or ``(n, P)``); returns ``(M, n, C)``."""
-        inputs = torch.as_tensor(np.c_[x, nuisance], dtype=torch.float32)
+        inputs = torch.as_tensor(np.c_[x, nuisance], dtype=self.dtype)
         logits = torch.cat(
             [self._forward(inputs[s : s + self.chunk]) for s in range(0, len(inputs), self.chunk)], dim=1
         )
@@ -114,9 +121,9 @@ class LREEnsemble:
 
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
-        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        z = np.asarray(nuisance, dtype=np.float32)
-        z_t = torch.as_tensor(z.reshape(-1, 1) if z.ndim < 2 else z)  # (K, P)
+        x_t = torch.as_tensor(np.asarray(x, dtype=float), dtype=self.dtype)
+        z = np.asarray(nuisance, dtype=float)
+        z_t = torch.as_tensor(z.reshape(-1, 1) if z.ndim < 2 else z, dtype=self.dtype)  # (K, P)
         n, k = x_t.shape[0], z_t.shape[0]
         inputs = torch.cat([x_t.repeat(k, 1), z_t.repeat_interleave(n, dim=0)], dim=1)  # (K * n, D + P)
         logits = torch.cat(

@@ -243,17 +243,19 @@ def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, mod
     in place of the interval, never hidden."""
     inf = cfg.inference
     minos: dict = {}
+    tolerance: dict = {}
     try:  # one MIGRAD, then MINOS per level
         fits = minuit_fits(density, lik, observed, None, (fit.mu_hat, fit.nuisance_hat), tuple(inf.levels))
         for cl, mf in fits.items():
             minos[_key(cl)] = _interval_json(mf.interval) if mf.valid else f"MINOS invalid: {_interval_json(mf.interval)}"
+            tolerance[_key(cl)] = mf.tolerance
     except FitError as err:
         # the message without iminuit's boxed summary, which holds a run time (results stay reproducible)
         minos = {_key(cl): "failed: " + str(err).split("\u250c")[0].strip().rstrip(":") for cl in inf.levels}
     asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, points=ASIMOV_POINTS_2D
                             if model.n_features == 2 else None)
     expected = fit_observed(density, lik, asimov, points=ASIMOV_NUISANCE_POINTS, name=name)
-    return {"minos": minos,
+    return {"minos": minos, "minos_tolerance": tolerance,
             "expected": {_key(cl): _interval_json(asymptotic_interval(expected, cl)) for cl in inf.levels}}
 
 
@@ -278,13 +280,15 @@ def infer(
         neyman = {
             _key(cl): neyman_interval(grid, critical[name][f"{cl:g}"], fit.t, cl) for cl in inf.levels
         }
+        checks = _cross_checks(cfg, name, densities[name], model, lik, observed, fit)
         entries[name] = {
             "best_fit": {"mu": round(fit.mu_hat, 6), "nuisance": round(fit.nuisance_hat, 6)},
             "intervals": {
                 "asymptotic": {k: _interval_json(v) for k, v in asym.items()},
                 "neyman": {k: _interval_json(v) for k, v in neyman.items()},
-                **_cross_checks(cfg, name, densities[name], model, lik, observed, fit),
+                **{k: v for k, v in checks.items() if k != "minos_tolerance"},
             },
+            "minos_tolerance": checks["minos_tolerance"],
             "neyman_edges_at_grid_boundary": sorted(
                 k for k, v in neyman.items() if v.open_low or v.open_high
             ),
@@ -310,6 +314,7 @@ def infer(
         "observed": {"events": int(len(observed.x)), "aux": round(observed.aux, 6)},
         "levels": {_key(cl): cl for cl in inf.levels},
         **{name: e for name, e in entries.items() if name != main},
-        "details": {name: {k: e[k] for k in ("neyman_edges_at_grid_boundary", "toys")} for name, e in entries.items()},
+        "details": {name: {k: e[k] for k in ("neyman_edges_at_grid_boundary", "toys", "minos_tolerance")}
+                    for name, e in entries.items()},
     }
     return InferenceResult(summary, scan_mu, scans, grid, critical)

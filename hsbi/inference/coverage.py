@@ -12,8 +12,8 @@ error then counts the reference toys' quantile too, and the mean width is that o
 dataset's Wilks interval. The pools' expectation (every pool event weighted by its process's
 yield over the pool's size) is fitted too: ``t_A`` at the truth on it is the non-centrality the
 datasets share, from a finite pool (for a data-driven model, the finite held-out sample) and from
-the estimator's mismodelling alike, and ``P(chi2'(1, t_A) < F^-1_chi2_1(CL))`` the Wilks coverage
-that such a shared bias alone predicts (``pool_expectation`` in the summary).
+the estimator's mismodelling alike; with the datasets' spread of ``mu_hat`` it predicts their
+Wilks coverage (``pool_expectation`` in the summary; see ``_expectation``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from scipy.stats import chi2, ncx2
+from scipy.stats import chi2, norm
 
 from hsbi.config import AnalysisConfig
 from hsbi.inference.analysis import POOL_WINDOW_SIGMAS, TOY_WINDOW_POINTS, TOY_WINDOW_SIGMAS, toy_seed
@@ -125,28 +125,33 @@ def _entry(t: np.ndarray, t_ref: np.ndarray, levels: tuple[float, ...], failed: 
 def _expectation(expected: BatchedToys, mu: float, levels: tuple[float, ...], mu_hats: np.ndarray) -> dict:
     """The fit of the pools' expectation: best fit, 68.3% interval, ``t_A`` at the truth, the
     signed shift ``b = sign(mu_hat - mu) sqrt(t_A)`` in standard deviations of ``mu_hat``, the
-    Wilks coverage ``P(chi2'(1, t_A) < F^-1_chi2_1(CL))`` that this shift alone predicts, and the
-    datasets' own spread of ``mu_hat`` (``mu_hats``) over the expectation's ``sigma``.
+    datasets' spread ``s`` (the standard deviation of their ``mu_hats`` over the expectation's),
+    and the Wilks coverage that a Gaussian ``mu_hat`` with this shift and spread has:
+    ``P(|s Z + b| < sqrt(F^-1_chi2_1(CL)))`` (a shift alone makes ``t`` a non-central chi2 with
+    non-centrality ``b^2``).
 
     A dataset takes a share ``f`` of each pool without replacement (``pool_share``; 1/20 by
-    default), which narrows the spread around the pools' expectation by at most ``sqrt(1 - f)``
-    (the finite-population correction; over many pools the shift's own variance restores it):
-    at most +1.2 points of 68.3% coverage for ``f = 1/20``, a second-order effect next to a
-    shift of a few tenths of a standard deviation."""
+    default), which narrows the spread around the pools' expectation by up to ``sqrt(1 - f)``
+    (the finite-population correction; over many pools the shift's own variance, ``f``, restores
+    it). The shift is measured independently of the datasets; the spread from them."""
     cond, glob = profile_fits(expected, mu)
     t_a = float(max(cond.nll[0] - min(glob.nll[0], cond.nll[0]), 0.0) * 2.0)
     low, high, ok = intervals(expected, glob, q=1.0)
     w = expected.weights.numpy()[0]
     spread = float(np.std(mu_hats, ddof=1) / (0.5 * (high[0] - low[0]))) if ok[0] and len(mu_hats) > 1 else None
+    shift = float(np.sign(glob.mu[0] - mu) * np.sqrt(t_a))
+    s = spread or 1.0
+    predicted = {f"{100 * cl:.0f}": round(float(norm.cdf((np.sqrt(chi2.ppf(cl, 1)) - shift) / s)
+                                                - norm.cdf((-np.sqrt(chi2.ppf(cl, 1)) - shift) / s)), 5)
+                 for cl in levels}
     return {
         "mu_hat": round(float(glob.mu[0]), 6), "nuisance_hat": round(float(glob.nuisance[0, 0]), 6),
         "interval_68": [round(float(low[0]), 6), round(float(high[0]), 6)] if ok[0] else None,
-        "t_at_truth": round(t_a, 5), "shift_sigma": round(float(np.sign(glob.mu[0] - mu) * np.sqrt(t_a)), 4),
+        "t_at_truth": round(t_a, 5), "shift_sigma": round(shift, 4),
         "spread_ratio": None if spread is None else round(spread, 4),
         "pool_share": round(float(w.sum() / max((w > 0).sum(), 1)), 5),
         "at_edge": bool(glob.at_edge[0] or cond.at_edge[0]),
-        "wilks_predicted": {f"{100 * cl:.0f}": round(float(ncx2.cdf(chi2.ppf(cl, 1), 1, max(t_a, 1e-12))), 5)
-                            for cl in levels},
+        "wilks_predicted": predicted,
     }
 
 

@@ -128,7 +128,7 @@ def shift_table(rows: Sequence[Mapping], kinds: Sequence[str]) -> str:
 def plot_coverage(path: Path, rows: Sequence[Mapping], kinds: Sequence[str]) -> None:
     """Coverage per (mu, nuisance) point with binomial error bars, one panel per level."""
     points = sorted({(r["mu"], r["nuisance"]) for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
     for ax, (level, nominal) in zip(axes, (("68", 0.6827), ("95", 0.95))):
         err = np.sqrt(nominal * (1 - nominal) / max(r["datasets"] for r in rows))
         ax.axhspan(nominal - 2 * err, nominal + 2 * err, color="grey", alpha=0.2, label="nominal ± 2 binomial errors")
@@ -144,7 +144,7 @@ def plot_coverage(path: Path, rows: Sequence[Mapping], kinds: Sequence[str]) -> 
                 predicted = [r.get("wilks_predicted") for r in sel]
                 if method == "wilks" and all(v is not None for v in predicted):
                     ax.plot(x, predicted, "_", color=_KIND_COLORS.get(kind), ms=12, mew=2,
-                            label=f"{kind.upper()} Wilks predicted by the pool's shift")
+                            label=f"{kind.upper()} Wilks predicted (shared shift and spread)")
         ax.set_xticks(range(len(points)), [f"mu={m:g}\nalpha={a:g}" for m, a in points], fontsize=7)
         ax.set_ylabel(f"coverage of the {level}% interval")
     axes[0].legend(fontsize=7)

@@ -42,3 +42,15 @@ def test_member_roundtrip_and_kind_dispatch(trained, tmp_path):
     x = samples["val_signal_x"][:50]
     zs = np.array([0.2, 0.9])
     np.testing.assert_allclose(loaded.log_components(x, zs), DLEEnsemble([flows]).log_components(x, zs), rtol=1e-6)
+
+
+
+def test_float64_copy_is_smooth_in_the_nuisance(trained):
+    """``astype(float64)`` evaluates copies of the flows in double precision (for MIGRAD)."""
+    import torch
+
+    from tests.helpers import assert_float64_copy_is_smooth
+
+    _, samples, flows, _ = trained
+    assert_float64_copy_is_smooth(DLEEnsemble([flows]), samples["val_signal_x"][:200])
+    assert next(iter(flows.values())).scale.dtype == torch.float32  # the originals are untouched

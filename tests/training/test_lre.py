@@ -135,3 +135,12 @@ def test_several_nodes_outside_slurm_is_a_config_error(small, monkeypatch):
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     with pytest.raises(ConfigError, match=r"'training.nodes' = 2: expected 1 outside a SLURM job"):
         _fit(small, nodes=2)
+
+
+
+def test_float64_copy_is_smooth_in_the_nuisance(trained):
+    """``astype(float64)``: the same logits within float32 rounding, smooth in the nuisance."""
+    from tests.helpers import assert_float64_copy_is_smooth
+
+    _, _, samples, nets, _ = trained
+    assert_float64_copy_is_smooth(LREEnsemble([nets]), samples["val_signal_x"][:200])
