@@ -207,8 +207,14 @@ class HSBITask(law.Task):
             "task": self.task_family,
             "branch": getattr(self, "branch", None),
             "config": config,
+            "args": self.rerun_args(),
             "reproducibility": self.reproducibility,
         }
+
+    def rerun_args(self) -> list[str]:
+        """Command-line parameters beyond the config that ``hsbi store reproduce`` passes to
+        ``law run`` to make this artifact again (tasks with such parameters override this)."""
+        return []
 
     def artifact(self) -> Artifact:
         """This task's own artifact, verified."""

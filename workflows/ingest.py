@@ -104,6 +104,9 @@ class IngestSamples(HSBIWorkflow):
                                 f"one of {', '.join(known)}")
         return [known[n] for n in names]
 
+    def rerun_args(self) -> list[str]:
+        return ["--samples", ",".join(self.samples)] if self.samples else []
+
     def create_branch_map(self) -> dict[int, dict[str, Any]]:
         from hsbi.data.ingest import fingerprint, group_files, resolve_files
 

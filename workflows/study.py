@@ -32,6 +32,8 @@ class HiggsStudy(HSBITask):
 
     config_sections = ("model",)
     code_modules = ("hsbi.inference.study", "hsbi.plotting.study")
+    # run.md/run.json record how long the upstream artifacts took: present, never compared
+    reproducibility = {"volatile": ["run.md", "run.json"]}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -58,6 +60,10 @@ class HiggsStudy(HSBITask):
 
     def significant_params(self) -> dict:
         return {**super().significant_params(), "kinds": list(self.kinds)}
+
+    def rerun_args(self) -> list[str]:
+        return ["--kinds", ",".join(self.kinds), "--mu-points", ",".join(f"{m!r}" for m in self.mu_points),
+                "--alpha-points", ",".join(f"{a!r}" for a in self.alpha_points)]
 
     def run(self) -> None:
         from hsbi.inference.study import study_report

@@ -149,7 +149,8 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
 
     ``results``: ``result.json`` per estimator kind (InferProfileLikelihood); ``coverage``:
     per kind the ``coverage.json`` of every truth point (CoverageStudy); ``timing``: the
-    upstream artifacts' production times (:func:`hsbi.store.tools.run_timing`).
+    upstream artifacts' production times (:func:`hsbi.store.tools.run_timing`), written to
+    ``run.md`` and ``run.json`` (records of the run: declare them volatile).
     """
     kinds = list(results)
     feats = {proc: {a: model.process_events(proc, a) for a in alphas} for proc in model.processes}
@@ -161,8 +162,6 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
     inf, tr, sim = cfg.inference, cfg.training, cfg.simulation
     splits = model.split_summary()
     summary = {"results": results, "coverage": rows, "splits": splits, "alphas": list(alphas)}
-    if timing is not None:
-        summary["timing"] = dict(timing)
     (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     img = lambda name, alt: f"![{alt}]({name}.png)" if name in images else f"({alt}: not produced)"  # noqa: E731
     sections = [
@@ -202,7 +201,11 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
          + coverage_table(rows, kinds) + "\n\n![coverage](coverage.png)\n\n"
          + _shift_section(rows, kinds)),
     ]
-    if timing is not None:
-        sections.append(("Run", _run_section(timing)))
+    if timing is not None:  # a record of the run, kept out of the reproducible files
+        (out / "run.json").write_text(json.dumps(dict(timing), indent=1) + "\n")
+        (out / "run.md").write_text(f"# {cfg.name}: the run that made the report\n\n{_run_section(timing)}\n")
+        sections.append(("Run", "Where the study's time went is a record of the run that made this report, not "
+                         "of its content: [run.md](run.md) (and `run.json`; `hsbi store reproduce` checks that "
+                         "they are there but does not compare them)."))
     write_report(out / "report.md", f"{cfg.name}: signal fraction with a tau-energy-scale nuisance", sections)
     return summary

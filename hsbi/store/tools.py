@@ -63,14 +63,20 @@ def run_timing(store: Store, addresses: Iterable[str]) -> dict[str, Any]:
     manifests' ``seconds``; ``timed`` says how many manifests have one), ``per_family``
     (``{family: [count, seconds]}``), ``first_started`` and ``last_created`` (ISO times) and
     ``span_seconds`` between them: with one worker and every artifact made by one cold ``law run``,
-    the span is that run's wall time up to its last step."""
+    the span is that run's wall time up to its last step. Upstream addresses this store does not
+    hold (a scratch store with only the direct inputs) are counted in ``not_in_store``."""
     seen: dict[str, dict[str, Any]] = {}
+    missing: set[str] = set()
     frontier = list(addresses)
     while frontier:
         address = frontier.pop()
-        if address in seen:
+        if address in seen or address in missing:
             continue
-        family = store.find(address)
+        try:
+            family = store.find(address)
+        except StoreError:  # e.g. a scratch store holding only the direct inputs (reproduce)
+            missing.add(address)
+            continue
         seen[address] = m = {"family": family, **store.manifest(family, address)}
         frontier += input_addresses(m)
     per_family: dict[str, list[float]] = {}
@@ -82,6 +88,7 @@ def run_timing(store: Store, addresses: Iterable[str]) -> dict[str, Any]:
     ends = [_dt.datetime.fromisoformat(m["created"]) for m in seen.values()]
     return {
         "artifacts": len(seen),
+        "not_in_store": len(missing),
         "timed": sum("seconds" in m for m in seen.values()),
         "seconds": round(sum(float(m.get("seconds", 0.0)) for m in seen.values()), 1),
         "per_family": dict(sorted(per_family.items(), key=lambda kv: -kv[1][1])),
@@ -153,7 +160,7 @@ def apply_gc(store: Store, plan: GCPlan) -> None:
 @dataclass(frozen=True)
 class FileComparison:
     name: str
-    status: str  # "identical", "within tolerance", "differs", "missing"
+    status: str  # "identical", "within tolerance", "run record" (volatile: not compared), "differs", "missing"
     detail: str = ""
 
 
@@ -202,16 +209,22 @@ def _close(a: Path, b: Path, rtol: float, atol: float) -> tuple[bool, str]:
 def compare_artifacts(
     original: Path, other: Path, manifest: Mapping[str, Any], tolerance: Mapping[str, float] | None
 ) -> list[FileComparison]:
-    """Compare files by hash; with a declared tolerance, numerically where hashes differ."""
+    """Compare files by hash; with a declared tolerance (``rtol``, ``atol``), numerically where
+    hashes differ. Files the declaration names ``volatile`` record the run itself (times, say):
+    they must be there but are not compared."""
     new_manifest = json.loads((other / MANIFEST_NAME).read_text())
+    volatile = set((tolerance or {}).get("volatile", ()))
+    numeric = bool(tolerance) and any(k in tolerance for k in ("rtol", "atol"))
     out = []
     for name, meta in sorted(manifest["files"].items()):
         new = new_manifest["files"].get(name)
         if new is None:
             out.append(FileComparison(name, "missing"))
+        elif name in volatile:
+            out.append(FileComparison(name, "run record", "not compared: it records the run"))
         elif new["sha256"] == meta["sha256"]:
             out.append(FileComparison(name, "identical"))
-        elif tolerance:
+        elif numeric:
             ok, detail = _close(original / name, other / name, tolerance.get("rtol", 0), tolerance.get("atol", 0))
             out.append(FileComparison(name, "within tolerance" if ok else "differs", detail))
         else:
@@ -231,7 +244,7 @@ class Reproduction:
     @property
     def match(self) -> bool:
         return self.address == self.new_address and all(
-            f.status in ("identical", "within tolerance") for f in self.files
+            f.status in ("identical", "within tolerance", "run record") for f in self.files
         )
 
 
@@ -251,7 +264,7 @@ def reproduce(store: Store, address: str, scratch: Path | None = None, law: str 
         shutil.copytree(src, target.path(fam, addr))
     config = scratch / "config.yaml"
     config.write_text(yaml.safe_dump(prov["config"], sort_keys=False))
-    cmd = [law, "run", prov["task"], "--config", str(config)]
+    cmd = [law, "run", prov["task"], "--config", str(config), *prov.get("args", [])]
     if prov.get("branch") is not None and prov["branch"] >= 0:
         cmd += ["--branch", str(prov["branch"])]
     env = {**os.environ, "HSBI_STORE": str(target.local)}

@@ -4,6 +4,7 @@ Parquet extract, LRE and DLE training, belts, coverage, report), reproduction, a
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,11 +59,32 @@ def test_study_writes_the_report(study):
     assert "What the datasets share" in report and "Wilks 68% predicted / measured" in report
     assert all(r["shift"] is not None and 0 < r["wilks_predicted"] < 1 for r in summary["coverage"])
     # where the study's time went: every upstream artifact of this cold run records its own
-    timing = summary["timing"]
+    timing = json.loads((art.path / "run.json").read_text())
     everything_but_the_report = len(list(Store(store).artifacts())) - 1  # this cold run made the whole store
     assert timing["artifacts"] == timing["timed"] == everything_but_the_report and timing["seconds"] > 0
     assert {"TrainEstimator", "CoverageStudy", "IngestSamples"} <= set(timing["per_family"])
-    assert "## Run" in report and f"from {timing['artifacts']} upstream artifacts" in report
+    assert "## Run" in report and "(run.md)" in report
+    assert f"from {timing['artifacts']} upstream artifacts" in (art.path / "run.md").read_text()
+
+
+def test_report_reproduces_but_for_its_run_record(study, tmp_path):
+    """`hsbi store reproduce` of the report itself, from copies of its direct inputs: every file
+    identical but run.md/run.json, which record the run (present, not compared)."""
+    import subprocess
+
+    from tests.helpers import law_env
+
+    store, _ = study
+    (address,) = Store(store).addresses("HiggsStudy")
+    hsbi = str(Path(sys.executable).with_name("hsbi"))
+    proc = subprocess.run([hsbi, "--store", str(store), "store", "reproduce", address, "--scratch",
+                           str(tmp_path / "scratch")],
+                          env=law_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"HiggsStudy/{address}: MATCH" in proc.stdout, proc.stdout
+    assert re.search(r"run record\s+run\.md", proc.stdout) and re.search(r"identical\s+report\.md", proc.stdout), \
+        proc.stdout
 
 
 def test_coverage_artifact_reproduces(study, tmp_path):
