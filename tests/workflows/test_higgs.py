@@ -67,42 +67,35 @@ def test_study_writes_the_report(study):
     assert f"from {timing['artifacts']} upstream artifacts" in (art.path / "run.md").read_text()
 
 
-def test_report_reproduces_but_for_its_run_record(study, tmp_path):
-    """`hsbi store reproduce` of the report itself, from copies of its direct inputs: every file
-    identical but run.md/run.json, which record the run (present, not compared)."""
+def _reproduce(store: Path, family: str, address: str, scratch: Path) -> str:
+    """`hsbi store reproduce ADDRESS` (a real subprocess): its output, after checking it matched."""
     import subprocess
 
     from tests.helpers import law_env
 
-    store, _ = study
-    (address,) = Store(store).addresses("HiggsStudy")
     hsbi = str(Path(sys.executable).with_name("hsbi"))
-    proc = subprocess.run([hsbi, "--store", str(store), "store", "reproduce", address, "--scratch",
-                           str(tmp_path / "scratch")],
-                          env=law_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run([hsbi, "--store", str(store), "store", "reproduce", address, "--scratch", str(scratch)],
+                          env=law_env(store), cwd=scratch.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert f"HiggsStudy/{address}: MATCH" in proc.stdout, proc.stdout
-    assert re.search(r"run record\s+run\.md", proc.stdout) and re.search(r"identical\s+report\.md", proc.stdout), \
-        proc.stdout
+    assert f"{family}/{address}: MATCH" in proc.stdout, proc.stdout
+    return proc.stdout
+
+
+def test_report_reproduces_but_for_its_run_record(study, tmp_path):
+    """`hsbi store reproduce` of the report itself, from copies of its direct inputs: every file
+    identical but run.md/run.json, which record the run (present, not compared)."""
+    store, _ = study
+    (address,) = Store(store).addresses("HiggsStudy")
+    out = _reproduce(store, "HiggsStudy", address, tmp_path / "scratch")
+    assert re.search(r"run record\s+run\.md", out) and re.search(r"identical\s+report\.md", out), out
 
 
 def test_coverage_artifact_reproduces(study, tmp_path):
     """`hsbi store reproduce` re-runs one CoverageStudy from its provenance (the recorded config,
     whose sample paths are absolute) in a scratch store and finds the same content."""
-    import subprocess
-
-    from tests.helpers import law_env
-
     store, _ = study
-    address = sorted(Store(store).addresses("CoverageStudy"))[0]
-    hsbi = str(Path(sys.executable).with_name("hsbi"))
-    proc = subprocess.run([hsbi, "--store", str(store), "store", "reproduce", address, "--scratch",
-                           str(tmp_path / "scratch")],
-                          env=law_env(store), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert f"CoverageStudy/{address}: MATCH" in proc.stdout, proc.stdout
+    _reproduce(store, "CoverageStudy", sorted(Store(store).addresses("CoverageStudy"))[0], tmp_path / "scratch")
 
 
 def test_missing_column_names_it_and_the_file(tmp_path):
