@@ -82,8 +82,8 @@ class DLEEnsemble:
 
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
-        x_t = torch.as_tensor(np.asarray(x, dtype=float), dtype=self.dtype)
-        z_t = torch.as_tensor(np.atleast_1d(np.asarray(nuisance, dtype=float)), dtype=self.dtype)
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype)
+        z_t = torch.as_tensor(np.atleast_1d(nuisance), dtype=self.dtype)
         n, k = x_t.shape[0], z_t.shape[0]
         inputs = torch.cat([x_t.repeat(k, 1), z_t.repeat_interleave(n).unsqueeze(-1)], dim=1)
         out = torch.empty(len(self.members), k * n, len(self.processes), dtype=self.dtype)

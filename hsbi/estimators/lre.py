@@ -121,8 +121,8 @@ class LREEnsemble:
 
     @torch.inference_mode()
     def log_components(self, x: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
-        x_t = torch.as_tensor(np.asarray(x, dtype=float), dtype=self.dtype)
-        z = np.asarray(nuisance, dtype=float)
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype)
+        z = np.asarray(nuisance)
         z_t = torch.as_tensor(z.reshape(-1, 1) if z.ndim < 2 else z, dtype=self.dtype)  # (K, P)
         n, k = x_t.shape[0], z_t.shape[0]
         inputs = torch.cat([x_t.repeat(k, 1), z_t.repeat_interleave(n, dim=0)], dim=1)  # (K * n, D + P)

@@ -236,11 +236,11 @@ def _key(level: float) -> str:
 
 
 def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, model: MixtureModel,
-                  lik: Likelihood, observed: Dataset, fit: ObservedFit) -> dict[str, dict]:
+                  lik: Likelihood, observed: Dataset, fit: ObservedFit) -> tuple[dict[str, dict], dict]:
     """MINOS intervals on the observed data (iminuit on the continuous NLL, MIGRAD started at the
     grid fit) and the expected Wilks intervals: those of the Asimov dataset at the configured
     truth (median expected; Cowan et al., arXiv:1007.1727). A MIGRAD/MINOS failure is reported
-    in place of the interval, never hidden."""
+    in place of the interval, never hidden. Also returns the tolerance each MINOS level needed."""
     inf = cfg.inference
     minos: dict = {}
     tolerance: dict = {}
@@ -255,8 +255,9 @@ def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, mod
     asimov = asimov_dataset(model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, points=ASIMOV_POINTS_2D
                             if model.n_features == 2 else None)
     expected = fit_observed(density, lik, asimov, points=ASIMOV_NUISANCE_POINTS, name=name)
-    return {"minos": minos, "minos_tolerance": tolerance,
-            "expected": {_key(cl): _interval_json(asymptotic_interval(expected, cl)) for cl in inf.levels}}
+    return ({"minos": minos,
+             "expected": {_key(cl): _interval_json(asymptotic_interval(expected, cl)) for cl in inf.levels}},
+            tolerance)
 
 
 def infer(
@@ -280,15 +281,15 @@ def infer(
         neyman = {
             _key(cl): neyman_interval(grid, critical[name][f"{cl:g}"], fit.t, cl) for cl in inf.levels
         }
-        checks = _cross_checks(cfg, name, densities[name], model, lik, observed, fit)
+        checks, minos_tolerance = _cross_checks(cfg, name, densities[name], model, lik, observed, fit)
         entries[name] = {
             "best_fit": {"mu": round(fit.mu_hat, 6), "nuisance": round(fit.nuisance_hat, 6)},
             "intervals": {
                 "asymptotic": {k: _interval_json(v) for k, v in asym.items()},
                 "neyman": {k: _interval_json(v) for k, v in neyman.items()},
-                **{k: v for k, v in checks.items() if k != "minos_tolerance"},
+                **checks,
             },
-            "minos_tolerance": checks["minos_tolerance"],
+            "minos_tolerance": minos_tolerance,
             "neyman_edges_at_grid_boundary": sorted(
                 k for k, v in neyman.items() if v.open_low or v.open_high
             ),

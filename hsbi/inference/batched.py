@@ -56,8 +56,8 @@ def prepare_toys(
 
 def pool_toys(*args, **kwargs) -> BatchedToys:
     """Toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates are computed once:
-    the toys of :func:`pool_toys_and_expectation` (same arguments) without the expectation."""
-    return pool_toys_and_expectation(*args, **kwargs)[0]
+    the toys of :func:`pool_toys_and_expectation` (same arguments), the expectation not built."""
+    return pool_toys_and_expectation(*args, expectation=False, **kwargs)[0]
 
 
 def pool_toys_and_expectation(
@@ -72,7 +72,8 @@ def pool_toys_and_expectation(
     half_width: float,
     pool_factor: float = 20.0,
     degree: int = 4,
-) -> tuple[BatchedToys, BatchedToys]:
+    expectation: bool = True,
+) -> tuple[BatchedToys, BatchedToys | None]:
     """``n_toys`` toys at ``(mu, nuisance)`` drawn from per-process pools whose surrogates (over
     ``nuisance +- half_width``) are computed once, and the pools' expectation.
 
@@ -96,6 +97,8 @@ def pool_toys_and_expectation(
     aux = np.array([[lik.aux_term.sample(rng, nuisance)] for _ in range(n_toys)])
     common = (_yields(lik), window, basis, lik.mu_bounds, (lik.aux_term,))
     toys = assemble(table, rows, [None] * n_toys, aux, *common)
+    if not expectation:
+        return toys, None
     sizes = pool_sizes(yields, pool_factor)
     weights = np.concatenate([np.full(n, y / n) for y, n in zip(yields, sizes) if n])
     expected = assemble(table, [np.arange(len(table))], [weights], np.array([[nuisance]]), *common)

@@ -141,9 +141,9 @@ def _expectation(expected: BatchedToys, mu: float, levels: tuple[float, ...], mu
     spread = float(np.std(mu_hats, ddof=1) / (0.5 * (high[0] - low[0]))) if ok[0] and len(mu_hats) > 1 else None
     shift = float(np.sign(glob.mu[0] - mu) * np.sqrt(t_a))
     s = spread or 1.0
-    predicted = {f"{100 * cl:.0f}": round(float(norm.cdf((np.sqrt(chi2.ppf(cl, 1)) - shift) / s)
-                                                - norm.cdf((-np.sqrt(chi2.ppf(cl, 1)) - shift) / s)), 5)
-                 for cl in levels}
+    edge = {cl: float(np.sqrt(chi2.ppf(cl, 1))) for cl in levels}
+    predicted = {f"{100 * cl:.0f}": round(float(norm.cdf((e - shift) / s) - norm.cdf((-e - shift) / s)), 5)
+                 for cl, e in edge.items()}
     return {
         "mu_hat": round(float(glob.mu[0]), 6), "nuisance_hat": round(float(glob.nuisance[0, 0]), 6),
         "interval_68": [round(float(low[0]), 6), round(float(high[0]), 6)] if ok[0] else None,

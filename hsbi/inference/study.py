@@ -13,6 +13,7 @@ import numpy as np
 from hsbi.config import AnalysisConfig
 from hsbi.data.events import read_split
 from hsbi.exceptions import ConfigError
+from hsbi.inference.minuit import STRICT_TOL
 from hsbi.models.base import MixtureModel
 from hsbi.plotting.study import (
     coverage_rows,
@@ -75,7 +76,7 @@ def _intervals_table(results: Mapping[str, Mapping]) -> str:
             for key in ("asymptotic", "neyman", "minos", "expected"):
                 v = iv[key][level]
                 cells.append(f"[{v[0]:.4f}, {v[1]:.4f}]" if isinstance(v, list) else _short(v))
-                if key == "minos" and isinstance(v, list) and tol is not None and tol > 1e-4:
+                if key == "minos" and isinstance(v, list) and tol is not None and tol > STRICT_TOL:
                     cells[-1] += f" (tolerance {tol:g})"
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
