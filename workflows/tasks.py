@@ -305,6 +305,10 @@ class InferProfileLikelihood(HSBITask):
     version = 2  # v2: Neyman intervals from ConfidenceBelt; per-point toys and failed fits in details
 
     def requires(self) -> dict:
+        from workflows.statmodel import FitDeclaredModel, check_declared
+
+        if check_declared(self):  # the statmodel section: the user's own analysis
+            return {"declared": FitDeclaredModel.req(self)}
         if self.analysis.estimator.kind == "set":  # the set-level likelihood of the sets section
             from workflows.sets import InferSetProfile
 
@@ -315,11 +319,13 @@ class InferProfileLikelihood(HSBITask):
         from hsbi.inference.analysis import infer
         from hsbi.plotting import plot_profile_and_belt
 
-        if self.analysis.estimator.kind == "set":  # its result is InferSetProfile's (set-level Neyman toys)
-            source = self.requires()["set_profile"].artifact().path
+        reqs = self.requires()
+        if "declared" in reqs or "set_profile" in reqs:  # the result of the declared model's fit or InferSetProfile
+            source = next(iter(reqs.values())).artifact().path
             with self.write() as out:
-                for name in ("result.json", "profile.png"):
-                    shutil.copyfile(source / name, out / name)
+                for path in source.iterdir():
+                    if path.suffix in (".json", ".png") and path.name != "manifest.json":
+                        shutil.copyfile(path, out / path.name)
             self.publish_message(f"result: {self.output().path}/result.json")
             return
         cfg = self.analysis

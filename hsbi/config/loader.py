@@ -54,6 +54,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
         return _build(tp, value, key)
     if origin in (tuple, Sequence, list):
+        if isinstance(value, str) and typing.get_args(tp)[:1] == (str,):
+            value = [value]  # a single name where a list of names is expected
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' = {value!r}: expected a list")
         (item_tp, *_) = typing.get_args(tp) or (Any,)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from hsbi.config.samples import SampleConfig
 from hsbi.config.sets import SetsConfig
+from hsbi.config.statmodel import StatModelConfig
 from hsbi.config.tune import TuneConfig
 from hsbi.exceptions import ConfigError
 from hsbi.models import MODELS
@@ -262,10 +263,15 @@ class AnalysisConfig:
     samples: tuple[SampleConfig, ...] = ()
     tune: TuneConfig = field(default_factory=TuneConfig)
     sets: SetsConfig = field(default_factory=SetsConfig)
+    statmodel: StatModelConfig = field(default_factory=StatModelConfig)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.samples]
         _require(len(set(names)) == len(names), "samples", names, "unique sample names")
+        if self.statmodel.declared:
+            _require(bool(self.samples), "statmodel", "(declared)",
+                     "a samples section: the model's processes are ingested samples")
+            self.statmodel.check_samples(set(names))
         object.__setattr__(self, "inference", _check_inference(self.inference, self.model.build()))
 
 

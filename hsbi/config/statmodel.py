@@ -1,0 +1,227 @@
+"""The declared statistical model (config section ``statmodel``), named as in pyhf and HS3.
+
+Channels hold processes; a process is one or more ingested samples with modifiers:
+
+- ``normfactor``: a free multiplicative parameter (the POI and free normalisations);
+- ``normsys``: a yield factor interpolated with code 4 between ``lo`` and ``hi`` (kappas);
+- ``normplusshape``: yield and per-event shape from up/down variation samples (``up``,
+  ``down``: sample names, event-aligned through the event key unless ``aligned: false``) or
+  from up/down weight columns of the nominal samples (``weight_up``, ``weight_down``);
+- ``lumi``: the luminosity parameter (Gaussian constraint of width ``sigma`` around 1).
+
+Parameters get bounds, inits and (NPs) unit Gaussian constraints with global observables;
+``truth`` is where Asimov or toy data and coverage toys are thrown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from hsbi.exceptions import ConfigError
+
+__all__ = [
+    "CONSTRAINED",
+    "MODIFIER_TYPES",
+    "ChannelConfig",
+    "ModifierConfig",
+    "ParameterConfig",
+    "ProcessConfig",
+    "StatModelConfig",
+]
+
+MODIFIER_TYPES = ("normfactor", "normsys", "normplusshape", "lumi")
+#: modifier types whose parameter has a constraint term (an auxiliary measurement)
+CONSTRAINED = ("normsys", "normplusshape", "lumi")
+#: special values of ``channel.data``: expected data at the truth, or one toy at the truth
+GENERATED_DATA = ("asimov", "toy")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
+def _names(value: tuple[str, ...] | str) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
+class ModifierConfig:
+    """One modifier of a process; ``name`` is its parameter (shared across processes)."""
+
+    name: str
+    type: str
+    lo: float = 0.0  # normsys: kappa at alpha = -1
+    hi: float = 0.0  # normsys: kappa at alpha = +1
+    up: tuple[str, ...] = ()  # normplusshape: variation samples (one per nominal sample)
+    down: tuple[str, ...] = ()
+    weight_up: str = ""  # normplusshape: weight columns of the nominal samples
+    weight_down: str = ""
+    aligned: bool = True  # normplusshape samples: same events as the nominal (event key)
+
+    def check(self, key: str, n_samples: int) -> None:
+        _require(bool(_NAME_RE.match(self.name)), f"{key}.name", self.name, "an identifier")
+        _require(self.type in MODIFIER_TYPES, f"{key}.type", self.type, f"one of {MODIFIER_TYPES}")
+        if self.type == "normsys":
+            for side in ("lo", "hi"):
+                _require(getattr(self, side) > 0, f"{key}.{side}", getattr(self, side),
+                         "a kappa > 0 (the yield factor at alpha = -1 / +1)")
+        if self.type == "normplusshape":
+            by_samples, by_weights = bool(self.up or self.down), bool(self.weight_up or self.weight_down)
+            _require(by_samples != by_weights, key, self.name,
+                     "either up/down variation samples or weight_up/weight_down columns")
+            if by_samples:
+                for side in ("up", "down"):
+                    _require(len(getattr(self, side)) == n_samples, f"{key}.{side}",
+                             list(getattr(self, side)),
+                             f"{n_samples} sample name(s), one per sample of the process")
+            else:
+                _require(bool(self.weight_up and self.weight_down), key, self.name,
+                         "both weight_up and weight_down")
+
+    @property
+    def variation_samples(self) -> tuple[str, ...]:
+        return (*self.up, *self.down)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    name: str
+    samples: tuple[str, ...] = ()
+    modifiers: tuple[ModifierConfig, ...] = ()
+
+    def check(self, key: str) -> None:
+        _require(bool(_NAME_RE.match(self.name)), f"{key}.name", self.name, "an identifier")
+        _require(len(self.samples) > 0, f"{key}.samples", list(self.samples),
+                 "a non-empty list of ingested sample names")
+        seen: set[tuple[str, str]] = set()
+        for i, mod in enumerate(self.modifiers):
+            mod.check(f"{key}.modifiers[{i}]", len(self.samples))
+            _require((mod.name, mod.type) not in seen, f"{key}.modifiers[{i}]", mod.name,
+                     "each modifier once per process")
+            seen.add((mod.name, mod.type))
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    features: tuple[str, ...] = ()
+    data: str = "asimov"
+    processes: tuple[ProcessConfig, ...] = ()
+
+    def check(self, key: str) -> None:
+        _require(bool(_NAME_RE.match(self.name)), f"{key}.name", self.name, "an identifier")
+        _require(len(self.features) > 0, f"{key}.features", list(self.features),
+                 "a non-empty list of feature columns")
+        _require(len(self.processes) > 0, f"{key}.processes", [], "at least one process")
+        names = [p.name for p in self.processes]
+        _require(len(set(names)) == len(names), f"{key}.processes", names, "unique process names")
+        for i, proc in enumerate(self.processes):
+            proc.check(f"{key}.processes[{i}]")
+
+
+@dataclass(frozen=True)
+class ParameterConfig:
+    """Bounds and init of a parameter; ``sigma``: the lumi constraint's width; ``fixed``: held
+    at ``init``."""
+
+    name: str
+    bounds: tuple[float, float] | None = None
+    init: float | None = None
+    sigma: float | None = None
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
+class StatModelConfig:
+    poi: str = ""
+    channels: tuple[ChannelConfig, ...] = ()
+    parameters: tuple[ParameterConfig, ...] = ()
+    truth: dict[str, float] = field(default_factory=dict)
+    #: nominal events per process used to renormalise the product of shape factors
+    normalisation_events: int = 20000
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.channels)
+
+    def __post_init__(self) -> None:
+        if not self.declared:
+            _require(not self.poi, "statmodel.channels", [], "at least one channel (statmodel.poi is set)")
+            return
+        names = [c.name for c in self.channels]
+        _require(len(set(names)) == len(names), "statmodel.channels", names, "unique channel names")
+        for i, channel in enumerate(self.channels):
+            channel.check(f"statmodel.channels[{i}]")
+        _require(self.normalisation_events >= 100, "statmodel.normalisation_events",
+                 self.normalisation_events, "an integer >= 100")
+        kinds = self.parameter_kinds()
+        _require(self.poi in kinds and kinds[self.poi] == "normfactor", "statmodel.poi", self.poi,
+                 f"the name of a normfactor modifier: one of {sorted(k for k, t in kinds.items() if t == 'normfactor')}")
+        self._check_parameters(kinds)
+
+    def parameter_kinds(self) -> dict[str, str]:
+        """Parameter name -> the type of its modifiers (one type per parameter; normsys and
+        normplusshape may share a parameter, both are constrained NPs)."""
+        kinds: dict[str, str] = {}
+        for c, channel in enumerate(self.channels):
+            for p, proc in enumerate(channel.processes):
+                for m, mod in enumerate(proc.modifiers):
+                    kind = "alpha" if mod.type in ("normsys", "normplusshape") else mod.type
+                    seen = kinds.setdefault(mod.name, kind)
+                    _require(seen == kind, f"statmodel.channels[{c}].processes[{p}].modifiers[{m}].type",
+                             mod.type, f"the type of the other modifiers named {mod.name!r}")
+        return kinds
+
+    def _check_parameters(self, kinds: dict[str, str]) -> None:
+        seen: set[str] = set()
+        for i, par in enumerate(self.parameters):
+            key = f"statmodel.parameters[{i}]"
+            _require(par.name in kinds, f"{key}.name", par.name,
+                     f"a parameter of a modifier: one of {sorted(kinds)}")
+            _require(par.name not in seen, f"{key}.name", par.name, "each parameter once")
+            seen.add(par.name)
+            if par.bounds is not None:
+                _require(len(par.bounds) == 2 and par.bounds[0] < par.bounds[1], f"{key}.bounds",
+                         list(par.bounds), "[low, high] with low < high")
+            if par.sigma is not None:
+                _require(kinds[par.name] == "lumi", f"{key}.sigma", par.sigma,
+                         "no sigma: a normfactor (the POI or a free normalisation) is unconstrained "
+                         "and NPs have unit Gaussian constraints; only lumi takes a width"
+                         if par.name == self.poi or kinds[par.name] != "lumi" else "")
+                _require(par.sigma > 0, f"{key}.sigma", par.sigma, "a positive width")
+            if par.name == self.poi:
+                _require(not par.fixed, f"{key}.fixed", par.fixed, "false: the POI is fitted")
+        for name, value in self.truth.items():
+            _require(name in kinds, f"statmodel.truth.{name}", value,
+                     f"a parameter of the model: one of {sorted(kinds)}")
+
+    def sample_names(self) -> set[str]:
+        """Every ingested sample the model names (nominal, variations and data)."""
+        out: set[str] = set()
+        for channel in self.channels:
+            if channel.data not in GENERATED_DATA:
+                out.add(channel.data)
+            for proc in channel.processes:
+                out.update(proc.samples)
+                for mod in proc.modifiers:
+                    out.update(mod.variation_samples)
+        return out
+
+    def check_samples(self, known: set[str]) -> None:
+        """Every named sample is one of the ingested ``known`` samples."""
+        for c, channel in enumerate(self.channels):
+            if channel.data not in GENERATED_DATA:
+                _require(channel.data in known, f"statmodel.channels[{c}].data", channel.data,
+                         f"'asimov', 'toy' or an ingested sample: one of {sorted(known)}")
+            for p, proc in enumerate(channel.processes):
+                key = f"statmodel.channels[{c}].processes[{p}]"
+                for name in proc.samples:
+                    _require(name in known, f"{key}.samples", name,
+                             f"an ingested sample (samples section): one of {sorted(known)}")
+                for m, mod in enumerate(proc.modifiers):
+                    for name in mod.variation_samples:
+                        _require(name in known, f"{key}.modifiers[{m}] ({mod.name})", name,
+                                 f"an ingested sample (samples section): one of {sorted(known)}")

@@ -1,0 +1,215 @@
+"""One fitting interface for the declared model: MIGRAD/HESSE/MINOS with an analytic (autograd)
+gradient, profile scans of the POI, pulls, impacts and correlations.
+
+The NLL is :func:`hsbi.inference.statmodel.nll`; this module only minimises it. Results are
+frozen dataclasses keyed by parameter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, StatModel, nll
+
+__all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "fit", "impacts", "minos_intervals",
+           "profile_scan", "wilks_threshold"]
+
+#: MIGRAD's tolerance (EDM goal 0.002 * tol * errordef); iminuit's default is 0.1
+_TOL = 0.01
+
+
+def wilks_threshold(level: float) -> float:
+    """``t`` at which a one-POI profile-likelihood interval of ``level`` ends (chi2_1 quantile)."""
+    return float(stats.chi2.ppf(level, 1))
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """The model and its normalisation samples: ``value``, ``grad`` of one dataset, and
+    ``batch`` for many (``Dataset`` with B rows, ``theta`` (B, P))."""
+
+    model: StatModel
+    norms: tuple[Normalisation, ...]
+
+    def batch(self, data: Dataset, theta: torch.Tensor) -> torch.Tensor:
+        return nll(self.model, self.norms, data, theta)
+
+    def value_and_grad(self, data: Dataset, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE, requires_grad=True)
+        value = self.batch(data, t)[0]
+        (grad,) = torch.autograd.grad(value, t)
+        return float(value.detach()), grad[0].numpy()
+
+    def value(self, data: Dataset, theta: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(self.batch(data, torch.as_tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE))[0])
+
+
+@dataclass(frozen=True)
+class FitResult:
+    names: tuple[str, ...]
+    values: np.ndarray  # (P,)
+    errors: np.ndarray  # (P,) HESSE (0 for fixed parameters)
+    covariance: np.ndarray | None  # (P, P) or None without HESSE
+    nll: float
+    valid: bool
+    fixed: tuple[str, ...] = ()
+    calls: int = 0
+
+    def __getitem__(self, name: str) -> float:
+        return float(self.values[self.names.index(name)])
+
+    def error(self, name: str) -> float:
+        return float(self.errors[self.names.index(name)])
+
+    @property
+    def correlation(self) -> np.ndarray | None:
+        if self.covariance is None:
+            return None
+        d = np.sqrt(np.clip(np.diag(self.covariance), 1e-300, None))
+        return self.covariance / np.outer(d, d)
+
+
+class _Cost:
+    """NLL and gradient of one dataset for iminuit (memoised: MIGRAD asks for both at a point)."""
+
+    errordef = 0.5
+
+    def __init__(self, lik: Likelihood, data: Dataset) -> None:
+        self.lik, self.data, self._last = lik, data, (None, 0.0, None)
+        self.calls = 0
+
+    def _eval(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        if self._last[0] is None or not np.array_equal(self._last[0], theta):
+            self.calls += 1
+            value, grad = self.lik.value_and_grad(self.data, theta)
+            self._last = (np.array(theta), value, grad)
+        return self._last[1], self._last[2]
+
+    def __call__(self, theta: np.ndarray) -> float:
+        return self._eval(np.asarray(theta))[0]
+
+    def grad(self, theta: np.ndarray) -> np.ndarray:
+        return self._eval(np.asarray(theta))[1]
+
+
+def _minuit(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: Mapping[str, float]):  # -> Minuit, _Cost
+    from iminuit import Minuit
+
+    model = lik.model
+    cost = _Cost(lik, data)
+    m = Minuit(cost, np.asarray(start, dtype=float), grad=cost.grad, name=model.names)
+    m.tol = _TOL
+    m.strategy = 1
+    for p in model.parameters:
+        m.limits[p.name] = p.bounds
+        m.errors[p.name] = 0.1 if p.sigma is None else 0.5 * p.sigma
+        m.fixed[p.name] = p.fixed
+    for name, value in fixed.items():
+        m.values[name] = value
+        m.fixed[name] = True
+    return m, cost
+
+
+def fit(lik: Likelihood, data: Dataset, fixed: Mapping[str, float] | None = None,
+        start: np.ndarray | None = None, hesse: bool = True) -> FitResult:
+    """The (conditional, with ``fixed``) maximum-likelihood fit of one dataset."""
+    fixed = dict(fixed or {})
+    m, cost = _minuit(lik, data, lik.model.init if start is None else start, fixed)
+    m.migrad()
+    if hesse and m.valid:
+        m.hesse()
+    cov = np.array(m.covariance) if (hesse and m.covariance is not None) else None
+    return FitResult(lik.model.names, np.array(m.values), np.array(m.errors) * ~np.array(m.fixed),
+                     cov, float(m.fval), bool(m.valid), tuple(fixed), cost.calls)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    poi: str
+    values: np.ndarray  # (K,)
+    t: np.ndarray  # (K,) 2 (NLL(mu, conditional) - NLL_min)
+    nuisances: np.ndarray  # (K, P) the conditional fits
+    valid: np.ndarray  # (K,)
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """Edges where the scan crosses the Wilks threshold (linear interpolation; a grid edge
+        when the scan stays below it)."""
+        q, v, t = wilks_threshold(level), self.values, self.t
+        k = int(np.argmin(t))
+        lo = v[0] if (t[: k + 1] < q).all() else np.interp(q, t[: k + 1][::-1], v[: k + 1][::-1])
+        hi = v[-1] if (t[k:] < q).all() else np.interp(q, t[k:], v[k:])
+        return float(lo), float(hi)
+
+
+def profile_scan(lik: Likelihood, data: Dataset, values: Sequence[float], best: FitResult | None = None) -> ScanResult:
+    """``t(mu)`` at ``values`` of the POI, each conditional fit started from its neighbour's."""
+    best = best or fit(lik, data, hesse=False)
+    poi = lik.model.poi
+    order = np.argsort(np.abs(np.asarray(values) - best[poi]))
+    ts, thetas, valid = np.zeros(len(values)), np.zeros((len(values), len(best.values))), np.zeros(len(values), bool)
+    start = best.values
+    for k in order:
+        cond = fit(lik, data, {poi: float(values[k])}, start=_nearest(thetas, valid, values, k, best.values), hesse=False)
+        ts[k], thetas[k], valid[k] = 2 * (cond.nll - best.nll), cond.values, cond.valid
+        start = cond.values
+    return ScanResult(poi, np.asarray(values, dtype=float), np.maximum(ts, 0.0), thetas, valid)
+
+
+def _nearest(thetas: np.ndarray, valid: np.ndarray, values: Sequence[float], k: int, default: np.ndarray) -> np.ndarray:
+    done = np.flatnonzero(valid)
+    if len(done) == 0:
+        return default
+    j = done[np.argmin(np.abs(np.asarray(values)[done] - values[k]))]
+    return thetas[j]
+
+
+def minos_intervals(lik: Likelihood, data: Dataset, levels: Sequence[float], best: FitResult | None = None) -> dict[float, tuple[float, float, bool]]:
+    """MINOS interval of the POI per level: ``(low, high, valid)``."""
+    best = best or fit(lik, data)
+    m, _ = _minuit(lik, data, best.values, {})
+    m.migrad()
+    out = {}
+    for level in levels:
+        m.minos(lik.model.poi, cl=level)
+        me = m.merrors[lik.model.poi]
+        val = m.values[lik.model.poi]
+        out[level] = (float(val + me.lower), float(val + me.upper), bool(me.is_valid))
+    return out
+
+
+@dataclass(frozen=True)
+class Impact:
+    name: str
+    pull: float  # (alpha_hat - a) / sigma_prefit
+    constraint: float  # post-fit error / pre-fit width
+    prefit: tuple[float, float]  # delta mu_hat with the NP fixed at +- its pre-fit width
+    postfit: tuple[float, float]  # ... at +- its post-fit error
+
+
+def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
+    """Pulls, constraints and the pre-/post-fit impact of each constrained NP on the POI,
+    ranked by the larger post-fit impact."""
+    model, poi = lik.model, lik.model.poi
+    aux = data.aux[0].numpy()
+    out = []
+    for j, p in enumerate(model.parameters):
+        if not p.constrained or p.fixed:
+            continue
+        hat, err = best.values[j], best.errors[j]
+        shifts = {}
+        for label, width in (("prefit", p.sigma), ("postfit", err)):
+            deltas = []
+            for sign in (+1, -1):
+                value = float(np.clip(hat + sign * width, *p.bounds))
+                cond = fit(lik, data, {p.name: value}, start=best.values, hesse=False)
+                deltas.append(cond[poi] - best[poi])
+            shifts[label] = tuple(deltas)
+        out.append(Impact(p.name, float((hat - aux[j]) / p.sigma), float(err / p.sigma),
+                          shifts["prefit"], shifts["postfit"]))
+    return sorted(out, key=lambda i: -max(abs(i.postfit[0]), abs(i.postfit[1])))

@@ -1,0 +1,110 @@
+"""The declared statistical model (``statmodel`` section): TrainRatio (one branch per network and
+member) and FitDeclaredModel (the observed fit); InferProfileLikelihood runs it for such configs."""
+
+from __future__ import annotations
+
+import json
+
+from workflows.framework import HSBITask, HSBIWorkflow, UserError
+from workflows.ingest import IngestSamples
+
+__all__ = ["FitDeclaredModel", "TrainRatio", "check_declared", "ingested_dirs"]
+
+
+def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
+    """IngestSamples branches of ``samples`` (all if None), keyed ``sample:group``."""
+    ingest = IngestSamples.req(task, branch=-1)
+    return {f"{d['sample']}:{d['group']}": IngestSamples.req(task, branch=b)
+            for b, d in ingest.get_branch_map().items() if samples is None or d["sample"] in samples}
+
+
+def ingested_dirs(reqs: dict[str, HSBITask]) -> dict[str, list]:
+    """Sample name -> its ingested artifact directories, from ``_ingest_branches``."""
+    dirs: dict[str, list] = {}
+    for key, req in sorted(reqs.items()):
+        dirs.setdefault(key.split(":")[0], []).append(req.artifact().path)
+    return dirs
+
+
+def check_declared(task: HSBITask) -> bool:
+    """Whether the config declares a model; a samples section that nothing uses is an error."""
+    from hsbi.models import MODELS
+
+    cfg = task.analysis
+    if not cfg.statmodel.declared and cfg.samples and not MODELS[cfg.model.name].needs_events:
+        raise UserError(f"{task.task_family}: config {task.config} has a samples section but no statmodel: "
+                        "declare the statistical model (channels, processes, modifiers) in 'statmodel'; "
+                        f"nothing runs the embedded '{cfg.model.name}' model in its place")
+    return cfg.statmodel.declared
+
+
+class TrainRatio(HSBIWorkflow):
+    """One branch per (network, member): the nominal ratio of each process and one shape ratio
+    per (process, normplusshape NP, direction), each a weighted classifier (Lightning); writes
+    the net, its history and, for shape ratios, the closure of the validation split."""
+
+    config_sections = ("estimator", "training")
+    code_modules = ("hsbi.training.statmodel", "hsbi.training.fit", "hsbi.training.lre", "hsbi.data.statmodel",
+                    "hsbi.estimators.lre", "hsbi.estimators.io", "hsbi.config.statmodel")
+    ignored_keys = ("training.members", "training.seed", "estimator.combine", "estimator.calibration",
+                    "estimator.normalise", "estimator.kind", "estimator.transforms")
+    reproducibility = {"rtol": 1e-4, "atol": 1e-5}
+
+    def create_branch_map(self) -> dict[int, dict]:
+        from hsbi.data.statmodel import ratio_tasks
+
+        cfg = self.analysis
+        nets = ratio_tasks(cfg)
+        return {i: {**net, "member": m, "seed": cfg.training.seed + m, "samples": sorted(self._samples(net))}
+                for i, (m, net) in enumerate((m, n) for m in range(cfg.training.members) for n in nets)}
+
+    def _samples(self, net: dict) -> set[str]:
+        ch = next(c for c in self.analysis.statmodel.channels if c.name == net["channel"])
+        proc = next(p for p in ch.processes if p.name == net["process"])
+        if not net["np"]:
+            return {s for p in ch.processes for s in p.samples}
+        mod = next(m for m in proc.modifiers if m.name == net["np"] and m.type == "normplusshape")
+        return {*proc.samples, *(mod.up if net["side"] == "up" else mod.down)}
+
+    def requires(self) -> dict:
+        return _ingest_branches(self, set(self.branch_data["samples"]))
+
+    def workflow_requires(self) -> dict:
+        return {**super().workflow_requires(), "samples": IngestSamples.req(self, branch=-1)}
+
+    def run(self) -> None:
+        from hsbi.training.statmodel import train_member
+
+        d = self.branch_data
+        label = f"TrainRatio {d['process']}" + (f" {d['np']} {d['side']}" if d["np"] else "") + f" member {d['member']}"
+        with self.write() as out:
+            report = self.run_hsbi(train_member, self.analysis, ingested_dirs(self.requires()), d, out,
+                                   label=label, log=self.publish_message)
+            (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+class FitDeclaredModel(HSBITask):
+    """The observed fit of the declared model: best fit, HESSE errors, MINOS intervals of the
+    POI, the profile scan, pulls, impacts and correlations (result.json, pulls.png, scan.png,
+    correlation.png)."""
+
+    config_sections = ("statmodel", "inference")
+    code_modules = ("hsbi.inference.declared", "hsbi.inference.statmodel", "hsbi.inference.fitting",
+                    "hsbi.models.interpolation", "hsbi.plotting.statmodel", "hsbi.data.statmodel")
+    ignored_keys = ("inference.neyman", "inference.coverage", "inference.truth", "inference.poi_bounds",
+                    "inference.nuisance_bounds", "inference.constraint", "inference.constraint_sigma",
+                    "inference.n_expected")
+
+    def requires(self) -> dict:
+        return {"networks": TrainRatio.req(self, branch=-1), **_ingest_branches(self, self.analysis.statmodel.sample_names())}
+
+    def run(self) -> None:
+        from hsbi.inference.declared import run_fit
+
+        reqs = self.requires()
+        dirs = ingested_dirs({k: v for k, v in reqs.items() if k != "networks"})
+        members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
+        with self.write() as out:
+            result = self.run_hsbi(run_fit, self.analysis, dirs, members, out, log=self.publish_message)
+        self.publish_message(f"result: {self.output().path}/result.json "
+                             f"({result['poi']} = {result['best_fit'][result['poi']]:.4g})")
