@@ -88,7 +88,8 @@ class StoreTarget(law.target.base.Target):
     def exists(self) -> bool:
         return self.store.exists(self.family, self.address)
 
-    def remove(self, silent: bool = True) -> None:
+    def remove(self, silent: bool = True, **kwargs: Any) -> None:
+        """Remove the artifact (law passes options of file targets, e.g. ``local_sync``)."""
         self.store.remove(self.family, self.address)
 
     def uri(self, return_all: bool = False) -> str | list[str]:
@@ -108,11 +109,14 @@ def _produce_once(run: Any) -> Any:
 
     @functools.wraps(run)
     def wrapped(self: HSBITask) -> Any:
-        with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
-            if must:
-                return run(self)
-            self.publish_message(f"{self.task_family} {self.address}: already in the store (made by an equal task or another process)")
-            return None
+        try:
+            with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
+                if must:
+                    return run(self)
+                self.publish_message(f"{self.task_family} {self.address}: already in the store (made by an equal task or another process)")
+                return None
+        except HSBIError as err:  # e.g. the lease cannot be written on a full disk
+            raise UserError(f"{self.task_family}: {err}") from None
 
     wrapped.__hsbi_locked__ = True
     return wrapped

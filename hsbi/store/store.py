@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import numpy as np
 from hsbi.exceptions import CorruptArtifactError, StoreError
 from hsbi.store.address import ADDRESS_LENGTH, canonical_json
 from hsbi.store.lock import DEFAULT_LEASE_SECONDS, lease
+from hsbi.store.lock import write_error_reason as _reason
 
 __all__ = ["MANIFEST_NAME", "STORE_FORMAT", "Artifact", "Store", "default_store_root"]
 
@@ -83,17 +83,6 @@ def _rebuild_hint(family: str, path: str) -> str:
         f"rebuild it: run `law run {family} ... --remove-output 0,a,y` or delete {path} "
         "(`hsbi store gc` lists unreachable artifacts) and run again"
     )
-
-
-def _reason(err: OSError, where: Path) -> str:
-    """Why a write failed, saying so plainly when the file system is full."""
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        free = None
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (free is not None and free < 1 << 16):
-        return f"no space left on device ({free} bytes free): {err.strerror or err}"
-    return str(err.strerror or err)
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -314,6 +303,8 @@ class Store:
             return
         final = self.path(family, address)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_dir() and not (final / MANIFEST_NAME).is_file():
+            self._discard(final)  # left without a manifest (an interrupted copy, a hand edit)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -405,9 +396,12 @@ class Store:
             shutil.rmtree(self.path(family, address), ignore_errors=True)
             return
         path = self.path(family, address)
-        if not path.exists():
-            return
-        trash = self.local / ".tmp" / f"trash-{family}-{address}-{uuid.uuid4().hex[:8]}"
+        if path.exists():
+            self._discard(path)
+
+    def _discard(self, path: Path) -> None:
+        """Move a local directory out of sight in one step, then delete it."""
+        trash = self.local / ".tmp" / f"trash-{path.parent.name}-{path.name}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)

@@ -257,6 +257,7 @@ def reproduce(store: Store, address: str, scratch: Path | None = None, law: str 
     if "config" not in prov or "task" not in prov:
         raise StoreError(f"artifact {family}/{address} records no provenance to re-run it from")
     scratch = Path(scratch or tempfile.mkdtemp(prefix="hsbi-reproduce-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     target = Store(scratch / "store")
     for addr in input_addresses(original.manifest):
         fam = store.find(addr)
