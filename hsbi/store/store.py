@@ -326,9 +326,13 @@ class Store:
         if self.remote:
             yield not self.exists(family, address)
             return
-        path = self.local / ".locks" / f"{family}-{address}.lock"
-        with lease(path, lambda: self.exists(family, address), lease_seconds, on_wait=on_wait) as must:
+        with lease(self.lease_path(family, address), lambda: self.exists(family, address), lease_seconds, on_wait=on_wait) as must:
             yield must
+
+    def lease_path(self, family: str, address: str) -> Path:
+        """The production lease of an artifact (local stores)."""
+        self._check(family, address)
+        return self.local / ".locks" / f"{family}-{address}.lock"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -379,10 +383,33 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def manifest(self, family: str, address: str) -> dict[str, Any]:
-        """The manifest as stored (not verified; use :meth:`open` to verify)."""
+        """The manifest as stored (not verified; use :meth:`open` to verify); one that is not a
+        JSON mapping (truncated, say) raises :class:`CorruptArtifactError`."""
         if self.remote:
-            return json.loads(self.fs.cat_file(self._remote_path(family, address, MANIFEST_NAME)))
-        return json.loads((self.path(family, address) / MANIFEST_NAME).read_text())
+            text = self.fs.cat_file(self._remote_path(family, address, MANIFEST_NAME))
+        else:
+            text = (self.path(family, address) / MANIFEST_NAME).read_bytes()
+        try:
+            manifest = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict):
+            hint = _rebuild_hint(family, self.uri(family, address))
+            raise CorruptArtifactError(f"artifact {family}/{address}: manifest is corrupt; {hint}")
+        return manifest
+
+    def incomplete(self) -> list[tuple[str, str]]:
+        """``(family, address)`` of local artifact directories without a manifest (an interrupted
+        copy or removal, a hand edit): never valid, replaced by a rebuild, removed by gc. Remote
+        stores upload the manifest last, so there such a directory may be an upload at work."""
+        if self.remote:
+            return []
+        return [
+            (family, path.name)
+            for family in self.families()
+            for path in sorted((self.local / family).iterdir())
+            if _ADDRESS_RE.match(path.name) and path.is_dir() and not (path / MANIFEST_NAME).is_file()
+        ]
 
     # -- removal -------------------------------------------------------------------------------
 
