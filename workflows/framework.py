@@ -18,6 +18,7 @@ import law
 import luigi
 
 from hsbi.config import AnalysisConfig, load_config
+from hsbi.config.loader import split_overrides
 from hsbi.exceptions import HSBIError
 from hsbi.models import MODELS
 from hsbi.store import STORE_FORMAT, Artifact, Store, code_version, make_address
@@ -72,6 +73,14 @@ class _OtherTasks:
             return False
         obj = getattr(importlib.import_module(module), name, None)
         return isinstance(obj, type) and issubclass(obj, law.Task) and obj not in self.task.__mro__
+
+
+class OverridesParameter(law.CSVParameter):
+    """``key.path=value`` overrides separated by commas, except commas inside brackets, braces
+    or quotes (``inference.poi_bounds=[0,5]`` is one override)."""
+
+    def parse(self, inp: Any) -> tuple[str, ...]:
+        return split_overrides(inp) if isinstance(inp, str) else super().parse(inp)
 
 
 class StoreTarget(law.target.base.Target):
@@ -149,10 +158,10 @@ class HSBITask(law.Task):
         description="analysis config (YAML path), or 'default' for the embedded Gaussian-rotation "
         "model; default: default",
     )
-    set = law.CSVParameter(
+    set = OverridesParameter(
         default=(),
         description="config overrides, comma-separated key.path=value (e.g. "
-        "training.max_epochs=20); default: none",
+        "training.max_epochs=20,inference.poi_bounds=[0,5]); default: none",
     )
 
     #: config sections whose canonical content enters the address
