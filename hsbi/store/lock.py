@@ -1,8 +1,8 @@
 """Leases on artifacts: one producer at a time, with recovery from crashed holders.
 
 A lease is a small JSON file (holder's pid, host, time) whose mtime is its heartbeat. Every change
-of lease files (take, break a stale one, give back) happens under one OS lock (``flock``) on the
-store's guard file ``.locks/.guard``, held for a few file operations: so two processes never both
+of lease files (take, break a stale one, give back) happens under one OS lock (``flock``) on a
+guard file (the store's ``.lease-guard``), held for a few file operations: so two processes never both
 see a lease free, a lease file is never seen half-written (it is written aside and renamed into
 place), and a holder only removes its own lease. The kernel releases the guard when a process dies.
 """
@@ -28,8 +28,8 @@ __all__ = ["DEFAULT_LEASE_SECONDS", "GUARD_NAME", "lease", "lease_is_held", "wri
 
 #: A lease whose heartbeat is older than this is considered abandoned.
 DEFAULT_LEASE_SECONDS = 60.0
-#: The guard file next to the leases (kept: it is locked, never removed).
-GUARD_NAME = ".guard"
+#: The guard file of a store's leases, in its root (kept: it is locked, never removed).
+GUARD_NAME = ".lease-guard"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
@@ -83,9 +83,9 @@ def lease_is_held(path: Path, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> b
 
 
 @contextlib.contextmanager
-def _guarded(folder: Path) -> Iterator[None]:
-    """Hold the guard of the leases in ``folder`` (a file system without ``flock``: none)."""
-    fd = os.open(folder / GUARD_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+def _guarded(guard: Path) -> Iterator[None]:
+    """Hold the guard file's OS lock (a file system without ``flock``: none)."""
+    fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -114,9 +114,9 @@ def _write(path: Path, token: str) -> None:
         raise
 
 
-def _try_take(path: Path, token: str, lease_seconds: float) -> bool:
+def _try_take(path: Path, guard: Path, token: str, lease_seconds: float) -> bool:
     try:
-        with _guarded(path.parent):
+        with _guarded(guard):
             if path.exists() and not _is_stale(path, lease_seconds):
                 return False
             _write(path, token)
@@ -128,9 +128,9 @@ def _try_take(path: Path, token: str, lease_seconds: float) -> bool:
         ) from None
 
 
-def _give_back(path: Path, token: str) -> None:
+def _give_back(path: Path, guard: Path, token: str) -> None:
     """Remove the lease if it is still ours (it may have been taken over meanwhile)."""
-    with _guarded(path.parent):
+    with _guarded(guard):
         info = _read(path)
         if info is not None and info.get("token") == token:
             path.unlink()
@@ -161,14 +161,18 @@ def lease(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     poll: float = 0.2,
     on_wait: Callable[[str], None] | None = None,
+    guard: Path | None = None,
 ) -> Iterator[bool]:
     """Hold the lease at ``path`` while the block runs; yields ``False`` if ``done()`` became true
     while waiting (another process produced the artifact), ``True`` if the caller must produce it.
 
     A heartbeat thread refreshes the lease every ``lease_seconds / 4``; a lease whose holder died
     on this host, or whose heartbeat is older than ``lease_seconds``, is broken and taken over.
-    Raises :class:`~hsbi.exceptions.StoreError` when the lease cannot be written (a full disk).
+    ``guard`` is the file whose OS lock serialises changes of leases (default: ``GUARD_NAME``
+    next to ``path``; every process must use the same one for a lease). Raises
+    :class:`~hsbi.exceptions.StoreError` when the lease cannot be written (a full disk).
     """
+    guard = guard if guard is not None else path.with_name(GUARD_NAME)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -178,7 +182,7 @@ def lease(
         if done():
             yield False
             return
-        if _try_take(path, token, lease_seconds):
+        if _try_take(path, guard, token, lease_seconds):
             break
         if on_wait is not None and not waited:
             on_wait(f"waiting for another process producing {path.stem}")
@@ -188,4 +192,4 @@ def lease(
         with _heartbeat(path, lease_seconds / 4):
             yield not done()
     finally:
-        _give_back(path, token)
+        _give_back(path, guard, token)

@@ -29,7 +29,7 @@ import numpy as np
 
 from hsbi.exceptions import CorruptArtifactError, StoreError
 from hsbi.store.address import ADDRESS_LENGTH, canonical_json
-from hsbi.store.lock import DEFAULT_LEASE_SECONDS, lease
+from hsbi.store.lock import DEFAULT_LEASE_SECONDS, GUARD_NAME, lease
 from hsbi.store.lock import write_error_reason as _reason
 
 __all__ = ["MANIFEST_NAME", "STORE_FORMAT", "Artifact", "Store", "default_store_root"]
@@ -132,7 +132,8 @@ class Store:
     """A content-addressed store rooted at ``root`` (a path or an fsspec URL).
 
     Layout: ``root/<family>/<address>/`` holds the artifact's files and ``manifest.json``;
-    ``root/.tmp/`` holds local writes in progress and ``root/.locks/`` the production leases.
+    ``root/.tmp/`` holds local writes in progress, ``root/.locks/`` the production leases and
+    ``root/.lease-guard`` the OS lock taken while a lease changes hands.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, cache: str | None = None) -> None:
@@ -326,7 +327,8 @@ class Store:
         if self.remote:
             yield not self.exists(family, address)
             return
-        with lease(self.lease_path(family, address), lambda: self.exists(family, address), lease_seconds, on_wait=on_wait) as must:
+        with lease(self.lease_path(family, address), lambda: self.exists(family, address), lease_seconds,
+                   on_wait=on_wait, guard=self.local / GUARD_NAME) as must:
             yield must
 
     def lease_path(self, family: str, address: str) -> Path:
