@@ -113,11 +113,21 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     if missing:
         where = f" in '{prefix}'" if prefix else ""
         raise ConfigError(f"missing config key '{missing[0]}'{where}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {
-        key: _convert(hints[key], value, f"{prefix}.{key}" if prefix else key)
+        key: _convert_field(fields[key], hints[key], value, f"{prefix}.{key}" if prefix else key)
         for key, value in data.items()
     }
     return cls(**kwargs)
+
+
+def _convert_field(field: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
+    """:func:`_convert`; a field's ``hint`` metadata says what to do instead of a wrong value."""
+    try:
+        return _convert(tp, value, key)
+    except ConfigError as err:
+        hint = field.metadata.get("hint")
+        raise ConfigError(f"{err}; {hint}" if hint else str(err)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
