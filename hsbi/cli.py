@@ -7,11 +7,13 @@ import datetime as _dt
 import sys
 from collections.abc import Sequence
 
-from hsbi.exceptions import HSBIError
-from hsbi.store import Store
+from hsbi.exceptions import CorruptArtifactError, HSBIError
+from hsbi.store import MANIFEST_NAME, Store
 from hsbi.store.tools import apply_gc, gc_plan, provenance_tree, reproduce, verify_all
 
 __all__ = ["main"]
+
+_NO_MANIFEST = f"no {MANIFEST_NAME} (never a valid artifact; `hsbi store gc --delete` removes it)"
 
 
 def _size(n: float) -> str:
@@ -36,8 +38,15 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     rows = [(f, a) for f, a in store.artifacts() if not args.family or f == args.family]
     print(f"{'task':<24} {'address':<26} {'size':>9} {'age':>7}")
     for family, address in rows:
-        m = store.manifest(family, address)
+        try:
+            m = store.manifest(family, address)
+        except CorruptArtifactError as err:
+            print(f"CORRUPT  {err}")
+            continue
         print(f"{family:<24} {address:<26} {_size(store.size(family, address)):>9} {_age(m.get('created')):>7}")
+    for family, address in store.incomplete():
+        if not args.family or family == args.family:
+            print(f"INCOMPLETE  {family}/{address}: {_NO_MANIFEST}")
     print(f"{len(rows)} artifacts in {store.url}")
     return 0
 
@@ -54,9 +63,12 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
     results = verify_all(store, None if args.all else args.addresses)
     for name, error in results:
         print(f"ok       {name}" if error is None else f"CORRUPT  {error}")
+    incomplete = store.incomplete() if args.all else []
+    for family, address in incomplete:
+        print(f"INCOMPLETE  {family}/{address}: {_NO_MANIFEST}")
     bad = sum(error is not None for _, error in results)
-    print(f"{len(results) - bad} ok, {bad} corrupt")
-    return 1 if bad else 0
+    print(f"{len(results) - bad} ok, {bad} corrupt" + (f", {len(incomplete)} incomplete" if incomplete else ""))
+    return 1 if bad or incomplete else 0
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> int:
@@ -64,10 +76,14 @@ def cmd_gc(store: Store, args: argparse.Namespace) -> int:
     verb = "removing" if args.delete else "would remove"
     for family, address in plan.remove:
         print(f"{verb} {family}/{address}")
+    for kind, pairs in (("corrupt", plan.corrupt), ("incomplete", plan.incomplete)):
+        for family, address in pairs:
+            print(f"{verb} {kind} {family}/{address}")
     for path in plan.debris:
         print(f"{verb} debris {path.name}")
     done = "removed" if args.delete else "to remove"
-    print(f"{len(plan.keep)} kept, {len(plan.remove)} {done} ({_size(plan.bytes_freed)})"
+    damaged = len(plan.corrupt) + len(plan.incomplete)
+    print(f"{len(plan.keep)} kept, {len(plan.remove) + damaged} {done} ({_size(plan.bytes_freed)})"
           + ("" if args.delete else "; dry run, pass --delete to remove"))
     if args.delete:
         apply_gc(store, plan)

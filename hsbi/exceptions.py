@@ -7,6 +7,7 @@ __all__ = [
     "CorruptArtifactError",
     "DataError",
     "FitError",
+    "EmptySampleWarning",
 ]
 
 
@@ -32,3 +33,7 @@ class DataError(HSBIError):
 
 class FitError(HSBIError):
     """A likelihood fit cannot start or did not converge."""
+
+
+class EmptySampleWarning(UserWarning):
+    """A sample keeps no events (its selection removed them all): valid, but worth a look."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import time
@@ -17,8 +18,11 @@ import law
 import luigi
 
 from hsbi.config import AnalysisConfig, load_config
+from hsbi.config.loader import split_overrides
 from hsbi.exceptions import HSBIError
+from hsbi.models import MODELS
 from hsbi.store import STORE_FORMAT, Artifact, Store, code_version, make_address
+from hsbi.store.code import ADDRESS_PACKAGES, package_key
 
 __all__ = ["HSBITask", "HSBIWorkflow", "UserError"]
 
@@ -51,6 +55,34 @@ def _store_root() -> str:
     return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
+#: modules that submit or describe jobs and compute no artifact: left out of every code version
+NOT_RESULT_CODE = ("workflows.remote",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OtherTasks:
+    """Skips, in a task's code version, the task classes other than the task and its bases (their
+    results enter its address as input addresses) and :data:`NOT_RESULT_CODE`."""
+
+    task: type
+
+    def __call__(self, module: str, name: str | None) -> bool:
+        if module in NOT_RESULT_CODE:
+            return True
+        if name is None or module.split(".")[0] not in ("workflows", self.task.__module__.split(".")[0]):
+            return False
+        obj = getattr(importlib.import_module(module), name, None)
+        return isinstance(obj, type) and issubclass(obj, law.Task) and obj not in self.task.__mro__
+
+
+class OverridesParameter(law.CSVParameter):
+    """``key.path=value`` overrides separated by commas, except commas inside brackets, braces
+    or quotes (``inference.poi_bounds=[0,5]`` is one override)."""
+
+    def parse(self, inp: Any) -> tuple[str, ...]:
+        return split_overrides(inp) if isinstance(inp, str) else super().parse(inp)
+
+
 class StoreTarget(law.target.base.Target):
     """An artifact in the hsbi store as a law target: it exists when its manifest does."""
 
@@ -65,7 +97,8 @@ class StoreTarget(law.target.base.Target):
     def exists(self) -> bool:
         return self.store.exists(self.family, self.address)
 
-    def remove(self, silent: bool = True) -> None:
+    def remove(self, silent: bool = True, **kwargs: Any) -> None:
+        """Remove the artifact (law passes options of file targets, e.g. ``local_sync``)."""
         self.store.remove(self.family, self.address)
 
     def uri(self, return_all: bool = False) -> str | list[str]:
@@ -85,11 +118,14 @@ def _produce_once(run: Any) -> Any:
 
     @functools.wraps(run)
     def wrapped(self: HSBITask) -> Any:
-        with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
-            if must:
-                return run(self)
-            self.publish_message(f"{self.task_family} {self.address}: already in the store (made by an equal task or another process)")
-            return None
+        try:
+            with self.store.producing(self.task_family, self.address, on_wait=self.publish_message) as must:
+                if must:
+                    return run(self)
+                self.publish_message(f"{self.task_family} {self.address}: already in the store (made by an equal task or another process)")
+                return None
+        except HSBIError as err:  # e.g. the lease cannot be written on a full disk
+            raise UserError(f"{self.task_family}: {err}") from None
 
     wrapped.__hsbi_locked__ = True
     return wrapped
@@ -111,7 +147,10 @@ class HSBITask(law.Task):
 
     The artifact's address hashes: the task family, :meth:`significant_params` (the config
     sections named in ``config_sections`` plus task-specific values), the addresses of the
-    required artifacts, and the source hash of ``code_modules``.
+    required artifacts, and the code version: the task class's code and everything in the project
+    it uses (its module's helpers, the config layer, the stage's modules, their imports, the
+    config's model class), plus ``code_modules`` whole, found by ``hsbi.store.code``; and the
+    major.minor versions of ``address_packages``.
     """
 
     config = luigi.Parameter(
@@ -119,16 +158,19 @@ class HSBITask(law.Task):
         description="analysis config (YAML path), or 'default' for the embedded Gaussian-rotation "
         "model; default: default",
     )
-    set = law.CSVParameter(
+    set = OverridesParameter(
         default=(),
         description="config overrides, comma-separated key.path=value (e.g. "
-        "training.max_epochs=20); default: none",
+        "training.max_epochs=20,inference.poi_bounds=[0,5]); default: none",
     )
 
     #: config sections whose canonical content enters the address
     config_sections: tuple[str, ...] = ()
-    #: hsbi modules whose source is hashed into the address (the stage's code version)
+    #: modules hashed whole (with their imports) into the code version, beyond what the task's
+    #: own code imports (found automatically): e.g. modules the stage loads dynamically
     code_modules: tuple[str, ...] = ()
+    #: libraries whose major.minor version enters the address (they compute the numbers)
+    address_packages: tuple[str, ...] = ADDRESS_PACKAGES
     #: section keys left out of the address (they do not change this artifact)
     ignored_keys: tuple[str, ...] = ()
     #: declared version of what the task itself writes; bump it when run() changes the output
@@ -184,7 +226,12 @@ class HSBITask(law.Task):
 
     @property
     def code_version(self) -> str:
-        return f"v{self.version}-s{STORE_FORMAT}-{code_version(*self.code_modules)}"
+        cls, model = type(self), MODELS.get(self.analysis.model.name)
+        refs = [f"{cls.__module__}:{cls.__qualname__}", *self.code_modules]
+        if model is not None:  # the model's class, also when registered from outside hsbi
+            refs.append(f"{model.__module__}:{model.__qualname__}")
+        code = code_version(*refs, roots=("workflows",), skip=_OtherTasks(cls))
+        return f"v{self.version}-s{STORE_FORMAT}-{code}-p{package_key(self.address_packages)}"
 
     def output(self) -> StoreTarget:
         return StoreTarget(self.store, self.task_family, self.address)

@@ -20,13 +20,13 @@ __all__ = ["IngestSamples"]
 
 
 def _ingest(sample: Any, files: list, out: Path, spec: str, workers: int, memory: str,
-            slurm: dict | None = None) -> dict:
+            slurm: dict | None = None, allow_empty: bool = True) -> dict:
     from hsbi.data.ingest import dask_scheduler, ingest_group
     from hsbi.data.ingest.cluster import SlurmWorkers
 
     workers_jobs = SlurmWorkers(**slurm) if slurm else None
     with dask_scheduler(spec, workers, memory, workers_jobs) as scheduler:
-        return ingest_group(sample, files, out, scheduler=scheduler)
+        return ingest_group(sample, files, out, scheduler=scheduler, allow_empty=allow_empty)
 
 
 def _run_option(cls: type, default: Any, description: str) -> Any:
@@ -132,6 +132,17 @@ class IngestSamples(HSBIWorkflow):
         """The branch data without ``paths``: the address follows content, not location."""
         return {k: v for k, v in self.branch_data.items() if k != "paths"}
 
+    def _others_empty(self) -> bool:
+        """Whether every other branch of the ingestion is stored and has no events (then this
+        one may not be empty too)."""
+        from hsbi.data.ingest import MANIFEST
+
+        for branch in self.branch_map:
+            other = self.req(self, branch=branch)
+            if branch != self.branch and (not other.output().exists() or other.artifact().json(MANIFEST)["rows"]):
+                return False
+        return True
+
     def run(self) -> None:
         from hsbi.data.ingest import fingerprint
 
@@ -146,6 +157,7 @@ class IngestSamples(HSBIWorkflow):
                              f"{len(files)} file(s)")
         with self.write() as out:
             manifest = self.run_hsbi(_ingest, sample, files, out, self.dask_scheduler,
-                                     self.dask_workers, self.dask_memory, self._slurm_workers())
+                                     self.dask_workers, self.dask_memory, self._slurm_workers(),
+                                     not self._others_empty())
         summary = {k: manifest[k] for k in ("sample", "entries", "selected", "rows")}
         self.publish_message(f"ingested {json.dumps(summary)}")

@@ -17,7 +17,7 @@ import yaml
 from hsbi.config.schema import AnalysisConfig
 from hsbi.exceptions import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "apply_overrides", "load_config", "parse_overrides"]
+__all__ = ["DEFAULT_CONFIG", "apply_overrides", "load_config", "parse_overrides", "split_overrides"]
 
 #: The embedded default analysis (used when the config path is ``"default"``).
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -115,11 +115,21 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     if missing:
         where = f" in '{prefix}'" if prefix else ""
         raise ConfigError(f"missing config key '{missing[0]}'{where}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {
-        key: _convert(hints[key], value, f"{prefix}.{key}" if prefix else key)
+        key: _convert_field(fields[key], hints[key], value, f"{prefix}.{key}" if prefix else key)
         for key, value in data.items()
     }
     return cls(**kwargs)
+
+
+def _convert_field(field: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
+    """:func:`_convert`; a field's ``hint`` metadata says what to do instead of a wrong value."""
+    try:
+        return _convert(tp, value, key)
+    except ConfigError as err:
+        hint = field.metadata.get("hint")
+        raise ConfigError(f"{err}; {hint}" if hint else str(err)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -138,6 +148,39 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_OPEN, _CLOSE = "[{(", "]})"
+
+
+def split_overrides(text: str) -> tuple[str, ...]:
+    """``"a=1,b=[2,3]"`` to ``("a=1", "b=[2,3]")``: commas split overrides except inside
+    brackets, braces or quotes, so list and mapping values need no escaping."""
+    items, current, depth, quote = [], [], 0, ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in _OPEN:
+            depth += 1
+        elif char in _CLOSE:
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    return tuple(item for item in items if item.strip())
+
+
+def _yaml_value(item: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML (lists as [a, b], "
+                          "mappings as {k: v})") from None
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["training.max_epochs=5", "inference.truth.mu=0.3"]`` to a nested mapping."""
     nested: dict[str, Any] = {}
@@ -153,7 +196,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: conflicts with another override")
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = _yaml_value(item, text)
     return nested
 
 

@@ -130,7 +130,8 @@ class SampleConfig:
     """One sample: where its events are and how they become columns of Parquet shards.
 
     - ``files``: paths or globs (relative to the config file's folder), or fsspec URLs.
-    - ``tree``: TTree or RNTuple name in ROOT files, with directories (``one/two/tree``).
+    - ``tree``: TTree (TNtuple) or RNTuple name in ROOT files, with directories (``one/two/tree``);
+      one per sample.
     - ``branches``: flat branches (or Parquet columns) stored as they are.
     - ``jagged``: reductions of jagged branches (see :class:`JaggedRule`).
     - ``derived``: ``name: expression`` stored columns, computed in order from branches, jagged
@@ -151,7 +152,8 @@ class SampleConfig:
     files: tuple[str, ...] = ()
     process: str = ""
     format: str = "auto"
-    tree: str = ""
+    tree: str = field(default="", metadata={"hint": "one tree per sample: several trees need several "
+                                                    "samples (one per tree, same branches)"})
     branches: tuple[str, ...] = ()
     jagged: tuple[JaggedRule, ...] = ()
     derived: dict[str, str] = field(default_factory=dict)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
+
+from hsbi.store.code import code_version
 
 __all__ = ["ADDRESS_LENGTH", "canonical_json", "code_version", "make_address"]
 
@@ -60,19 +59,3 @@ def make_address(
     """
     payload = {"family": family, "params": params, "inputs": inputs, "code": code}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:ADDRESS_LENGTH]
-
-
-@lru_cache(maxsize=None)
-def code_version(*modules: str) -> str:
-    """A hash of the source files of the given modules or packages (paths relative to them)."""
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ImportError(f"cannot hash the source of module {name!r}: not found")
-        origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-        for path in files:
-            rel = f"{name}/{path.relative_to(origin.parent).as_posix()}"
-            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -30,7 +29,8 @@ import numpy as np
 
 from hsbi.exceptions import CorruptArtifactError, StoreError
 from hsbi.store.address import ADDRESS_LENGTH, canonical_json
-from hsbi.store.lock import DEFAULT_LEASE_SECONDS, lease
+from hsbi.store.lock import DEFAULT_LEASE_SECONDS, GUARD_NAME, lease
+from hsbi.store.lock import write_error_reason as _reason
 
 __all__ = ["MANIFEST_NAME", "STORE_FORMAT", "Artifact", "Store", "default_store_root"]
 
@@ -85,17 +85,6 @@ def _rebuild_hint(family: str, path: str) -> str:
     )
 
 
-def _reason(err: OSError, where: Path) -> str:
-    """Why a write failed, saying so plainly when the file system is full."""
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        free = None
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (free is not None and free < 1 << 16):
-        return f"no space left on device ({free} bytes free): {err.strerror or err}"
-    return str(err.strerror or err)
-
-
 def _looks_pickled(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
@@ -143,7 +132,8 @@ class Store:
     """A content-addressed store rooted at ``root`` (a path or an fsspec URL).
 
     Layout: ``root/<family>/<address>/`` holds the artifact's files and ``manifest.json``;
-    ``root/.tmp/`` holds local writes in progress and ``root/.locks/`` the production leases.
+    ``root/.tmp/`` holds local writes in progress, ``root/.locks/`` the production leases and
+    ``root/.lease-guard`` the OS lock taken while a lease changes hands.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, cache: str | None = None) -> None:
@@ -314,6 +304,8 @@ class Store:
             return
         final = self.path(family, address)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_dir() and not (final / MANIFEST_NAME).is_file():
+            self._discard(final)  # left without a manifest (an interrupted copy, a hand edit)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -335,9 +327,14 @@ class Store:
         if self.remote:
             yield not self.exists(family, address)
             return
-        path = self.local / ".locks" / f"{family}-{address}.lock"
-        with lease(path, lambda: self.exists(family, address), lease_seconds, on_wait=on_wait) as must:
+        with lease(self.lease_path(family, address), lambda: self.exists(family, address), lease_seconds,
+                   on_wait=on_wait, guard=self.local / GUARD_NAME) as must:
             yield must
+
+    def lease_path(self, family: str, address: str) -> Path:
+        """The production lease of an artifact (local stores)."""
+        self._check(family, address)
+        return self.local / ".locks" / f"{family}-{address}.lock"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -388,10 +385,33 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def manifest(self, family: str, address: str) -> dict[str, Any]:
-        """The manifest as stored (not verified; use :meth:`open` to verify)."""
+        """The manifest as stored (not verified; use :meth:`open` to verify); one that is not a
+        JSON mapping (truncated, say) raises :class:`CorruptArtifactError`."""
         if self.remote:
-            return json.loads(self.fs.cat_file(self._remote_path(family, address, MANIFEST_NAME)))
-        return json.loads((self.path(family, address) / MANIFEST_NAME).read_text())
+            text = self.fs.cat_file(self._remote_path(family, address, MANIFEST_NAME))
+        else:
+            text = (self.path(family, address) / MANIFEST_NAME).read_bytes()
+        try:
+            manifest = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict):
+            hint = _rebuild_hint(family, self.uri(family, address))
+            raise CorruptArtifactError(f"artifact {family}/{address}: manifest is corrupt; {hint}")
+        return manifest
+
+    def incomplete(self) -> list[tuple[str, str]]:
+        """``(family, address)`` of local artifact directories without a manifest (an interrupted
+        copy or removal, a hand edit): never valid, replaced by a rebuild, removed by gc. Remote
+        stores upload the manifest last, so there such a directory may be an upload at work."""
+        if self.remote:
+            return []
+        return [
+            (family, path.name)
+            for family in self.families()
+            for path in sorted((self.local / family).iterdir())
+            if _ADDRESS_RE.match(path.name) and path.is_dir() and not (path / MANIFEST_NAME).is_file()
+        ]
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -405,9 +425,12 @@ class Store:
             shutil.rmtree(self.path(family, address), ignore_errors=True)
             return
         path = self.path(family, address)
-        if not path.exists():
-            return
-        trash = self.local / ".tmp" / f"trash-{family}-{address}-{uuid.uuid4().hex[:8]}"
+        if path.exists():
+            self._discard(path)
+
+    def _discard(self, path: Path) -> None:
+        """Move a local directory out of sight in one step, then delete it."""
+        trash = self.local / ".tmp" / f"trash-{path.parent.name}-{path.name}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hsbi.exceptions import StoreError
+from hsbi.exceptions import CorruptArtifactError, StoreError
+from hsbi.store.lock import GUARD_NAME, lease_is_held
 from hsbi.store.store import MANIFEST_NAME, Store
 
 __all__ = [
@@ -119,39 +121,87 @@ class GCPlan:
     remove: tuple[tuple[str, str], ...]
     debris: tuple[Path, ...]
     bytes_freed: int
+    corrupt: tuple[tuple[str, str], ...] = ()  # manifest unreadable: removed with the rest
+    incomplete: tuple[tuple[str, str], ...] = ()  # directories without a manifest
+
+
+#: Scratch and lock debris younger than this (newest file) is left alone.
+DEBRIS_SECONDS = 3600.0
+
+
+def _newest_mtime(path: Path) -> float:
+    times = [path.lstat().st_mtime]
+    for sub in path.rglob("*") if path.is_dir() else ():
+        with contextlib.suppress(OSError):
+            times.append(sub.lstat().st_mtime)
+    return max(times)
+
+
+def _scratch_in_use(store: Store, path: Path) -> bool:
+    """A scratch directory ``<family>-<address>-<id>`` whose producer still holds its lease."""
+    family, _, rest = path.name.partition("-")
+    address = rest.rpartition("-")[0]
+    try:
+        return lease_is_held(store.lease_path(family, address))
+    except StoreError:  # not a producer's scratch (trash-..., fetch-...)
+        return False
+
+
+def _debris(store: Store) -> list[Path]:
+    """Scratch whose producer's lease is gone and lock files, untouched for DEBRIS_SECONDS."""
+    debris: list[Path] = []
+    for sub in (".tmp", ".locks"):
+        folder = store.local / sub
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if path.name == GUARD_NAME or (sub == ".tmp" and _scratch_in_use(store, path)):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - _newest_mtime(path) > DEBRIS_SECONDS:
+                    debris.append(path)
+    return debris
+
+
+def _manifests(store: Store, pairs: Iterable[tuple[str, str]]) -> tuple[dict, list]:
+    """The readable manifests by address, and the artifacts whose manifest is corrupt."""
+    manifests, corrupt = {}, []
+    for family, address in pairs:
+        try:
+            manifests[address] = (family, store.manifest(family, address))
+        except CorruptArtifactError:
+            corrupt.append((family, address))
+    return manifests, corrupt
 
 
 def gc_plan(store: Store, roots: Iterable[str] = (), keep_recent_days: float = 7.0) -> GCPlan:
     """What to keep (reachable from ``roots`` or from artifacts younger than
-    ``keep_recent_days``) and what to remove; stale scratch and lock files count as debris."""
-    all_pairs = list(store.artifacts())
-    by_address = {a: f for f, a in all_pairs}
+    ``keep_recent_days``) and what to remove; artifacts with a corrupt manifest, directories
+    without one, and stale scratch and lock files are removed too. A root that is not an artifact
+    in the store raises :class:`StoreError` (a typo must not make everything unreachable)."""
+    roots = list(roots)
+    for root in roots:
+        try:
+            store.find(root)
+        except StoreError as err:
+            raise StoreError(f"gc --keep {root}: {err}; nothing was removed") from None
+    manifests, corrupt = _manifests(store, store.artifacts())
     cutoff = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=keep_recent_days)
-    frontier = list(roots)
-    for family, address in all_pairs:
-        created = store.manifest(family, address).get("created")
-        if created and _dt.datetime.fromisoformat(created) >= cutoff:
-            frontier.append(address)
+    frontier = roots + [a for a, (_, m) in manifests.items()
+                        if m.get("created") and _dt.datetime.fromisoformat(m["created"]) >= cutoff]
     keep: set[tuple[str, str]] = set()
     while frontier:
         address = frontier.pop()
-        family = by_address.get(address)
-        if family is None or (family, address) in keep:
+        if address not in manifests or (manifests[address][0], address) in keep:
             continue
-        keep.add((family, address))
-        frontier += input_addresses(store.manifest(family, address))
-    remove = tuple(p for p in all_pairs if p not in keep)
-    debris: list[Path] = []
-    if not store.remote or store.local.exists():
-        for sub in (".tmp", ".locks"):
-            folder = store.local / sub
-            if folder.is_dir():
-                debris += [p for p in folder.iterdir() if time.time() - p.stat().st_mtime > 3600]
-    return GCPlan(frozenset(keep), remove, tuple(debris), sum(store.size(*p) for p in remove))
+        keep.add((manifests[address][0], address))
+        frontier += input_addresses(manifests[address][1])
+    remove = tuple((f, a) for a, (f, _) in manifests.items() if (f, a) not in keep)
+    freed = sum(sum(x["size"] for x in manifests[a][1].get("files", {}).values()) for _, a in remove)
+    debris = _debris(store) if not store.remote or store.local.exists() else []
+    return GCPlan(frozenset(keep), remove, tuple(debris), freed, tuple(corrupt), tuple(store.incomplete()))
 
 
 def apply_gc(store: Store, plan: GCPlan) -> None:
-    for family, address in plan.remove:
+    for family, address in (*plan.remove, *plan.corrupt, *plan.incomplete):
         store.remove(family, address)
     for path in plan.debris:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -257,6 +307,7 @@ def reproduce(store: Store, address: str, scratch: Path | None = None, law: str 
     if "config" not in prov or "task" not in prov:
         raise StoreError(f"artifact {family}/{address} records no provenance to re-run it from")
     scratch = Path(scratch or tempfile.mkdtemp(prefix="hsbi-reproduce-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     target = Store(scratch / "store")
     for addr in input_addresses(original.manifest):
         fam = store.find(addr)

@@ -101,3 +101,10 @@ def test_non_finite_nll_at_the_start_point(law_run, store_root):
     assert "NeymanToys" in line and "the NLL is not finite at mu = 0.5, nuisance = 0: event 0 (x = [" in line
     assert line.endswith("has log density nan for process 'signal'")
     assert not (store_root / "NeymanToys").exists() and not (store_root / "InferProfileLikelihood").exists()
+
+
+def test_list_valued_set_on_the_command_line(law_run):
+    proc = law_run("SimulateObserved", "--set", "inference.poi_bounds=[0,0.9],inference.truth.mu=0.3",
+                   "--print-status", "0")
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert "SimulateObserved" in proc.stdout

@@ -2,12 +2,13 @@
 
 Everything that can be checked without reading events (files, trees, branches, types, schema
 across files, expressions) is checked before any task runs; errors raised by a task (non-finite
-values, a selection that keeps nothing) reach the caller as the same :class:`DataError`.
+values) reach the caller as the same :class:`DataError`.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from hsbi.data.ingest.sources import (
 from hsbi.data.ingest.split import SPLITS
 from hsbi.data.ingest.stats import ColumnStats
 from hsbi.data.ingest.transform import Chunk, transform_chunk
-from hsbi.exceptions import DataError, HSBIError
+from hsbi.exceptions import DataError, EmptySampleWarning, HSBIError
 
 __all__ = ["MANIFEST", "Partition", "check_schemas", "ingest_group", "plan_partitions"]
 
@@ -194,6 +195,7 @@ def ingest_group(
     files: Sequence[InputFile],
     out_dir: str | Path,
     scheduler: Any = None,
+    allow_empty: bool = True,
 ) -> dict[str, Any]:
     """Ingest ``files`` of ``sample`` into Parquet shards under ``out_dir``.
 
@@ -203,9 +205,11 @@ def ingest_group(
     statistics per split. ``scheduler`` is passed to ``dask.compute`` (None: dask's default, a
     distributed ``Client`` when one is active).
 
-    Empty input (files without entries) gives a valid sample with zero rows and no shards; a
-    selection (or non-finite dropping) that keeps nothing of a non-empty input is a
-    :class:`DataError`.
+    Empty input (files without entries) gives a valid sample with zero rows and no shards; so
+    does a selection that keeps nothing (with an :class:`EmptySampleWarning`: a process may have
+    no events in a region), unless ``allow_empty`` is false (every other sample of the ingestion
+    is empty too: a :class:`DataError`; :class:`ShardSet` refuses samples that are all empty). Non-finite
+    dropping that keeps nothing of a non-empty input is a :class:`DataError`.
     """
     import dask
 
@@ -228,11 +232,14 @@ def ingest_group(
                         f"files") from None
     manifest = _manifest(sample, schemas, results, external)
     entries, rows = manifest["entries"], manifest["rows"]
-    if entries and not manifest["selected"]:
-        raise DataError(f"sample {sample.name!r}: the selection {sample.selection!r} keeps none "
-                        f"of the {entries} events of {', '.join(f.name for f in files)}; expected "
-                        f"at least one")
-    if entries and not rows:
+    if entries and not manifest["selected"]:  # a process may have no events in a region
+        message = (f"sample {sample.name!r}: the selection {sample.selection!r} keeps none of the "
+                   f"{entries} events of {', '.join(f.name for f in files)}")
+        if not allow_empty:
+            raise DataError(f"{message}, and every other sample of the ingestion is empty too; "
+                            f"expected at least one sample with events")
+        warnings.warn(f"{message}; the sample is empty", EmptySampleWarning, stacklevel=2)
+    if manifest["selected"] and not rows:
         raise DataError(f"sample {sample.name!r}: every selected event has a NaN/inf value "
                         f"({manifest['dropped_nonfinite']}); expected at least one finite event")
     text = json.dumps(manifest, indent=1, sort_keys=True)

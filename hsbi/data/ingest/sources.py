@@ -243,6 +243,10 @@ def _similar(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
+#: ROOT classes read as trees (uproot reads TNtuple and TNtupleD as TTrees)
+_TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
+
+
 def _root_object(file: InputFile, tree: str) -> Any:
     import uproot
 
@@ -258,8 +262,7 @@ def _root_object(file: InputFile, tree: str) -> Any:
         raise DataError(
             f"file {file.path}: corrupt ROOT directory ({type(err).__name__})"
         ) from None
-    trees = sorted({k.rsplit(";", 1)[0] for k, c in classes.items()
-                    if c in ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")})
+    trees = sorted({k.rsplit(";", 1)[0] for k, c in classes.items() if c in _TREE_CLASSES})
     if not tree:
         raise DataError(f"file {file.path}: no tree given; expected samples.tree to be one of "
                         f"{trees}")

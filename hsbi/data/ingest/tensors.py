@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,16 @@ class TensorBatches:
                 yield Batch(self.x[sl], self.w[sl], self.y[sl])
 
 
+def _check_not_all_emptied(manifests: Iterable[dict]) -> None:
+    """A sample may keep no events (a process absent from a region), but not every sample."""
+    manifests = list(manifests)
+    if any(m["rows"] for m in manifests) or not any(m["entries"] for m in manifests):
+        return  # events, or only empty input files (valid empty samples)
+    names = sorted({f"{m['sample']!r} ({m['definition'].get('selection')!r})" for m in manifests})
+    raise DataError(f"every sample is empty after its selection: {', '.join(names)}; expected at "
+                    f"least one sample with events")
+
+
 class ShardSet:
     """The shards of one split of one or more ingested groups (artifact directories).
 
@@ -76,6 +86,7 @@ class ShardSet:
         self.manifests = [(Path(d), json.loads((Path(d) / MANIFEST).read_text())) for d in dirs]
         if not self.manifests:
             raise DataError("no ingested samples given; expected at least one")
+        _check_not_all_emptied(m for _, m in self.manifests)
         names = [[c["name"] for c in m["schema"] if c["role"] == "feature"]
                  for _, m in self.manifests]
         self.features = list(features) if features is not None else names[0]
