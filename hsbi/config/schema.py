@@ -209,10 +209,16 @@ class CoverageConfig:
     seed: int = 23
     width_datasets: int = 40
     method: str = "simulator"  # or "pool": datasets resampled from per-process pools, batched fits
+    # the Neyman reference toys: at the true nuisance ("truth", the ideal construction) or at each
+    # dataset's conditional MLE of the nuisance ("profiled", the construction NeymanToys makes)
+    reference: str = "truth"
 
     def __post_init__(self) -> None:
         _require(self.method in ("simulator", "pool"), "inference.coverage.method", self.method,
                  "'simulator' (fresh events, one fit per dataset) or 'pool' (resampled pools, batched fits)")
+        _require(self.reference in ("truth", "profiled"), "inference.coverage.reference", self.reference,
+                 "'truth' (reference toys at the true nuisance) or 'profiled' (at each dataset's "
+                 "conditional MLE of the nuisance, as NeymanToys)")
         _require(self.datasets >= 10, "inference.coverage.datasets", self.datasets, "an integer >= 10")
         _require(
             0 <= self.width_datasets <= self.datasets,
