@@ -33,6 +33,7 @@ from hsbi.inference import asymptotic_interval, fit_observed, likelihood_from_co
 from hsbi.inference.analysis import ASIMOV_POINTS_2D, POOL_WINDOW_SIGMAS, toy_seed
 from hsbi.inference.asimov import asimov_dataset
 from hsbi.inference.batched import batched_t, pool_toys
+from hsbi.inference.profile import quantile_with_failed
 
 RADII = (2.0, 0.5)
 MUS = (0.1, 0.2, 0.3)
@@ -57,9 +58,10 @@ def trained_ensemble(radius: float, members: int):
 
 
 def coverage(t: np.ndarray, t_ref: np.ndarray, level: float) -> dict:
-    """Neyman and Wilks coverage at ``level`` with binomial errors (failed fits excluded)."""
-    t, t_ref = t[np.isfinite(t)], t_ref[np.isfinite(t_ref)]
-    crit = float(np.quantile(t_ref, level))
+    """Neyman and Wilks coverage at ``level`` with binomial errors; failed fits (NaN) count as
+    ``t = +inf``: a dataset not covered, a reference toy above the critical value."""
+    crit = quantile_with_failed(t_ref, level)
+    t = np.where(np.isnan(t), np.inf, t)
     neyman, wilks = float(np.mean(t < crit)), float(np.mean(t < chi2.ppf(level, 1)))
     err = np.sqrt(level * (1 - level) * (1 / len(t) + 1 / len(t_ref)))
     return {"neyman": neyman, "neyman_error": float(err), "wilks": wilks,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+from scipy.stats import chi2
+
 from hsbi.config.samples import SampleConfig
 from hsbi.config.sets import SetsConfig
 from hsbi.config.statmodel import StatModelConfig
@@ -162,8 +165,11 @@ class Truth:
 
 @dataclass(frozen=True)
 class NeymanConfig:
-    mu_min: float = 0.15
-    mu_max: float = 0.25
+    """The belt's grid in mu (``mu_min``/``mu_max`` ``None``: sized from the expected Fisher
+    width at the truth, :func:`auto_grid`; resolved when the analysis config is built) and its toys."""
+
+    mu_min: float | None = None
+    mu_max: float | None = None
     points: int = 11
     toys: int = 200
     seed: int = 11
@@ -175,7 +181,7 @@ class NeymanConfig:
                  "'simulator' (fresh events per toy) or 'pool' (resampled pools, batched fits)")
         _require(self.chunk >= 1, "inference.neyman.chunk", self.chunk, "an integer >= 1 (toys per branch)")
         _require(
-            self.mu_min < self.mu_max,  # inside the POI bounds: AnalysisConfig checks it
+            None in (self.mu_min, self.mu_max) or self.mu_min < self.mu_max,  # in the POI bounds: AnalysisConfig
             "inference.neyman.mu_min/mu_max",
             (self.mu_min, self.mu_max),
             "mu_min < mu_max",
@@ -185,6 +191,9 @@ class NeymanConfig:
 
     @property
     def grid(self) -> tuple[float, ...]:
+        if self.mu_min is None or self.mu_max is None:
+            raise ConfigError("inference.neyman.mu_min/mu_max are resolved by AnalysisConfig (null: from the "
+                              "expected Fisher width); build the analysis config to get the grid")
         step = (self.mu_max - self.mu_min) / (self.points - 1)
         return tuple(round(self.mu_min + i * step, 12) for i in range(self.points))
 
@@ -201,10 +210,16 @@ class CoverageConfig:
     seed: int = 23
     width_datasets: int = 40
     method: str = "simulator"  # or "pool": datasets resampled from per-process pools, batched fits
+    # the Neyman reference toys: at the true nuisance ("truth", the ideal construction) or at each
+    # dataset's conditional MLE of the nuisance ("profiled", the construction NeymanToys makes)
+    reference: str = "truth"
 
     def __post_init__(self) -> None:
         _require(self.method in ("simulator", "pool"), "inference.coverage.method", self.method,
                  "'simulator' (fresh events, one fit per dataset) or 'pool' (resampled pools, batched fits)")
+        _require(self.reference in ("truth", "profiled"), "inference.coverage.reference", self.reference,
+                 "'truth' (reference toys at the true nuisance) or 'profiled' (at each dataset's "
+                 "conditional MLE of the nuisance, as NeymanToys)")
         _require(self.datasets >= 10, "inference.coverage.datasets", self.datasets, "an integer >= 10")
         _require(
             0 <= self.width_datasets <= self.datasets,
@@ -305,7 +320,9 @@ def _check_inference(inf: InferenceConfig, model: MixtureModel) -> InferenceConf
     _require(nuisance[0] <= inf.truth.nuisance <= nuisance[1], "inference.truth.nuisance",
              inf.truth.nuisance, f"a value inside the nuisance bounds [{nuisance[0]:.4g}, {nuisance[1]:.4g}] "
              "(inference.nuisance_bounds, by default the model's nuisance range)")
-    grid = (inf.neyman.mu_min, inf.neyman.mu_max)
+    neyman = _resolve_grid(inf, model, poi, nuisance)
+    grid = (neyman.mu_min, neyman.mu_max)
+    _require(grid[0] < grid[1], "inference.neyman.mu_min/mu_max", grid, "mu_min < mu_max")
     _require(poi[0] <= grid[0] and grid[1] <= poi[1], "inference.neyman.mu_min/mu_max", grid,
              f"a grid inside the POI bounds [{poi[0]:g}, {poi[1]:g}] (inference.poi_bounds)")
     if inf.constraint == "lognormal":
@@ -315,4 +332,47 @@ def _check_inference(inf: InferenceConfig, model: MixtureModel) -> InferenceConf
                  "'simulator' with inference.constraint: lognormal (pooled toys fit a Gaussian or no constraint)")
     if inf.constraint == "none" and model.exact:  # data-driven models: no expected Fisher matrix
         _require_identified(inf, model, nuisance)
-    return dataclasses.replace(inf, poi_bounds=poi, nuisance_bounds=nuisance)
+    return dataclasses.replace(inf, poi_bounds=poi, nuisance_bounds=nuisance, neyman=neyman)
+
+
+#: The auto grid reaches this many standard deviations of mu_hat beyond the widest interval's
+#: half-width: a 95% interval is cut by it with probability P(|Z| > 3) = 0.27%.
+AUTO_GRID_MARGIN = 3.0
+
+
+def expected_sigma_mu(inf: InferenceConfig, model: MixtureModel) -> float:
+    """The expected (Fisher) width of mu_hat at the truth, nuisance profiled, its constraint
+    term included (``statistics.md``): ``sqrt((I^-1)_mu,mu)``."""
+    mu, z = inf.truth.mu, inf.truth.nuisance
+    fisher = expected_fisher(model, mu, z, inf.n_expected)
+    if inf.constraint != "none":
+        scale = z if inf.constraint == "lognormal" else 1.0
+        fisher[1, 1] += 1.0 / (scale * inf.constraint_sigma) ** 2
+    det = fisher[0, 0] * fisher[1, 1] - fisher[0, 1] ** 2
+    return float(np.sqrt(fisher[1, 1] / det)) if det > 0 else float("inf")
+
+
+def auto_grid(inf: InferenceConfig, model: MixtureModel, poi: tuple[float, float]) -> tuple[float, float]:
+    """``truth +- (sqrt(F^-1_chi2_1(max level)) + 3) sigma_mu`` within the POI bounds, rounded
+    to 4 significant digits (the grid enters branch addresses: the same on every machine)."""
+    sigma = expected_sigma_mu(inf, model)
+    _require(np.isfinite(sigma) and sigma > 0, "inference.neyman.mu_min/mu_max", None,
+             "explicit values: the expected Fisher width of mu is not finite at the truth")
+    half = (np.sqrt(chi2.ppf(max(inf.levels), 1)) + AUTO_GRID_MARGIN) * sigma
+    mu = inf.truth.mu
+    return max(poi[0], float(f"{mu - half:.4g}")), min(poi[1], float(f"{mu + half:.4g}"))
+
+
+def _resolve_grid(inf: InferenceConfig, model: MixtureModel, poi: tuple[float, float],
+                  nuisance: tuple[float, float]) -> NeymanConfig:
+    """The Neyman config with ``mu_min``/``mu_max`` resolved: explicit values kept, ``null``
+    ones sized from the expected Fisher width (:func:`auto_grid`, exact models only)."""
+    ney = inf.neyman
+    if ney.mu_min is not None and ney.mu_max is not None:
+        return ney
+    _require(model.exact, "inference.neyman.mu_min/mu_max", (ney.mu_min, ney.mu_max),
+             f"explicit values for model {type(model).__name__}: without an exact likelihood the grid is "
+             "not sized from the expected Fisher width")
+    lo, hi = auto_grid(dataclasses.replace(inf, nuisance_bounds=nuisance), model, poi)
+    return dataclasses.replace(ney, mu_min=lo if ney.mu_min is None else ney.mu_min,
+                               mu_max=hi if ney.mu_max is None else ney.mu_max)

@@ -188,7 +188,8 @@ def confidence_belt(
 
     ``chunks``: per NeymanToys branch its ``t_<density>`` arrays and its bookkeeping (see
     :func:`toy_files`). Each critical value carries its order-statistic 1-sigma band (``low``,
-    ``high``); failed fits are counted per point and in total, and left out of the quantiles.
+    ``high``); failed fits are counted per point and in total and enter the quantiles as
+    ``t = +inf`` (conservative); ``value_failed_dropped`` is the quantile without them.
     """
     inf = cfg.inference
     grid = inf.neyman.grid

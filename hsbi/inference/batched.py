@@ -47,8 +47,9 @@ def prepare_toys(
     degree: int = 4,
 ) -> BatchedToys:
     """Evaluate the density at Chebyshev nodes of ``center +- half_width`` (clipped to
-    ``nuisance_range``) for every toy's events and fit polynomials (exact at the nodes)."""
-    window = Window.clipped([center], [half_width], [nuisance_range])
+    ``nuisance_range`` within ``lik.nuisance_bounds``) for every toy's events and fit
+    polynomials (exact at the nodes)."""
+    window = Window.clipped([center], [half_width], [lik.nuisance_range(nuisance_range)])
     return prepare(_scalar(density), [t.x for t in toys], [t.weights for t in toys],
                    np.array([[t.aux] for t in toys], dtype=float), _yields(lik), window,
                    Basis.total_degree(1, degree), lik.mu_bounds, (lik.aux_term,))
@@ -86,8 +87,11 @@ def pool_toys_and_expectation(
     The expectation is one dataset holding every pool event with weight ``y_c / pool size`` and
     the nuisance as its auxiliary measurement: the Asimov dataset of the distribution the toys are
     drawn from. Its fit tells the bias the toys share: what a finite pool (for a data-driven
-    model, the finite held-out sample) and the estimator's own mismodelling do to every toy alike."""
-    window = Window.clipped([nuisance], [half_width], [model.nuisance_range])
+    model, the finite held-out sample) and the estimator's own mismodelling do to every toy alike.
+
+    The window is clipped to ``lik.nuisance_bounds`` (within the model's range): the toys are
+    profiled over the same range as the observed ``t(mu)``."""
+    window = Window.clipped([nuisance], [half_width], [lik.nuisance_range(model.nuisance_range)])
     basis = Basis.total_degree(1, degree)
     rng = np.random.default_rng(seed)
     yields = model.yields(n_expected, mu, nuisance)
@@ -106,5 +110,6 @@ def pool_toys_and_expectation(
 
 
 def batched_t(toys: BatchedToys, mu: float, mu_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``t_mu`` of every toy and a flag for fits that ended on the nuisance window's edge."""
+    """``t_mu`` of every toy and a flag for failed fits: ended on an edge of the nuisance window
+    that is not one of its bounds, or stopped by the iteration limit."""
     return profile_t(toys, mu, mu_start)

@@ -64,26 +64,44 @@ _TOYS_PER_CHUNK = 32
 _NLL_NOISE = 1e-6
 #: Newton decrement at which a fit stops (see :func:`fit`).
 _TOL = 1e-4
+#: ``|u|`` beyond which a nuisance sits on its window's edge.
+_EDGE = 0.999
 
 
 @dataclass(frozen=True)
 class Window:
-    """The nuisance box ``z = center + half_width * u``, ``u in [-1, 1]^P``; two ``(P,)``."""
+    """The nuisance box ``z = center + half_width * u``, ``u in [-1, 1]^P``; two ``(P,)``.
+
+    ``bounded``: ``(2, P)``, whether the low (row 0) and high (row 1) edge of each nuisance is
+    one of its allowed bounds (``None``: neither). A fit that ends on a bounded edge is the
+    constrained fit; one on another edge left the surrogate's window and failed."""
 
     center: np.ndarray
     half_width: np.ndarray
+    bounded: np.ndarray | None = None
 
     @classmethod
     def clipped(cls, center: Sequence[float], half_width: Sequence[float],
                 ranges: Sequence[tuple[float, float]]) -> Window:
         """``center +- half_width`` intersected with the nuisances' allowed ``ranges``."""
-        lo = np.maximum([r[0] for r in ranges], np.subtract(center, half_width))
-        hi = np.minimum([r[1] for r in ranges], np.add(center, half_width))
-        return cls(0.5 * (lo + hi), 0.5 * (hi - lo))
+        low, high = np.array([r[0] for r in ranges], float), np.array([r[1] for r in ranges], float)
+        lo = np.maximum(low, np.subtract(center, half_width))
+        hi = np.minimum(high, np.add(center, half_width))
+        return cls(0.5 * (lo + hi), 0.5 * (hi - lo), np.array([lo <= low, hi >= high]))
 
     def nuisance(self, u: np.ndarray) -> np.ndarray:
         """Nuisance values ``(..., P)`` at window coordinates ``u (..., P)``."""
         return self.center + self.half_width * u
+
+    def edges(self) -> np.ndarray:
+        """``(2, P)`` bool: the edges that are allowed bounds (see ``bounded``)."""
+        p = len(np.atleast_1d(self.center))
+        return np.zeros((2, p), bool) if self.bounded is None else np.asarray(self.bounded, bool)
+
+    def off_window(self, u: np.ndarray) -> np.ndarray:
+        """``(B,)`` bool: a nuisance of ``u (B, P)`` on an edge of the window that is no bound."""
+        bounded = self.edges()
+        return ((u < -_EDGE) & ~bounded[0] | (u > _EDGE) & ~bounded[1]).any(-1)
 
 
 @dataclass(frozen=True)
@@ -365,10 +383,11 @@ _State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _minimise_chunk(chunk: _Chunk, theta: torch.Tensor, fix_mu: bool, tol: float, iterations: int = 50,
-                    state: _State | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _State]:
+                    state: _State | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, _State]:
     """Minimise every toy of ``chunk`` from ``theta (b, Q)``, or from an evaluated ``state``
-    ``(theta, NLL, gradient, Hessian)``; returns ``theta``, NLL, Hessian and the last
-    evaluated state."""
+    ``(theta, NLL, gradient, Hessian)``; returns ``theta``, NLL, Hessian, a convergence flag
+    ``(b,)`` (false where the iteration limit stopped the fit) and the last evaluated state."""
     lo, hi = _bounds(chunk.toys)
     free = torch.ones(theta.shape[1], dtype=theta.dtype)
     free[0] = 0.0 if fix_mu else 1.0
@@ -378,9 +397,11 @@ def _minimise_chunk(chunk: _Chunk, theta: torch.Tensor, fix_mu: bool, tol: float
     theta, f, g, h = state
     step = _newton_step(theta, g, h, free, lo, hi)
     scale = torch.ones(len(theta), dtype=theta.dtype)
+    def converged() -> torch.Tensor:  # Newton decrement g^T H^-1 g, or no step left to take
+        return (-(g * step).sum(-1) < tol) | ((scale[:, None] * step).abs().amax(-1) < 1e-12)
+
     for _ in range(iterations):
-        decrement = -(g * step).sum(-1)  # g^T H^-1 g over the free parameters
-        if bool(((decrement < tol) | ((scale[:, None] * step).abs().amax(-1) < 1e-12)).all()):
+        if bool(converged().all()):
             break
         trial = torch.minimum(torch.maximum(theta + scale[:, None] * step, lo), hi)
         ft, gt, ht = chunk.derivatives(trial)
@@ -392,14 +413,16 @@ def _minimise_chunk(chunk: _Chunk, theta: torch.Tensor, fix_mu: bool, tol: float
     # the last full Newton step, too small to evaluate, is taken on the quadratic model
     last = (-(g * step).sum(-1) < tol) & (scale == 1.0)
     final = torch.where(last[:, None], torch.minimum(torch.maximum(theta + step, lo), hi), theta)
-    return final, f + torch.where(last, 0.5 * (g * step).sum(-1), 0.0), h, (theta, f, g, h)
+    return final, f + torch.where(last, 0.5 * (g * step).sum(-1), 0.0), h, converged(), (theta, f, g, h)
 
 
 @dataclass(frozen=True)
 class FitResult:
     """Per toy: ``mu (B,)``, ``nuisance (B, P)`` (in nuisance units), ``u (B, P)`` (window
-    coordinates), ``nll (B,)``, Hessian in ``(mu, u)`` ``(B, Q, Q)`` and ``at_edge (B,)``, set
-    where a nuisance ended on the window's edge (the surrogate's validity ends there)."""
+    coordinates), ``nll (B,)``, Hessian in ``(mu, u)`` ``(B, Q, Q)``, ``at_edge (B,)``, set
+    where a nuisance ended on an edge of the window that is not one of its bounds (the
+    surrogate's validity ends there; a fit on a bound is the constrained fit), and ``converged
+    (B,)``, false where the iteration limit stopped the fit."""
 
     mu: np.ndarray
     nuisance: np.ndarray
@@ -407,6 +430,12 @@ class FitResult:
     nll: np.ndarray
     hessian: np.ndarray
     at_edge: np.ndarray
+    converged: np.ndarray
+
+    @property
+    def failed(self) -> np.ndarray:
+        """``(B,)``: on a window edge that is no bound, or not converged."""
+        return self.at_edge | ~self.converged
 
 
 def _per_chunk(toys: BatchedToys, chunk: int,
@@ -426,10 +455,11 @@ def _start(toys: BatchedToys, mu: np.ndarray | float, u: np.ndarray | None) -> t
     return torch.cat([mu0[:, None], u0], 1)
 
 
-def _result(toys: BatchedToys, theta: torch.Tensor, nll: torch.Tensor, hessian: torch.Tensor) -> FitResult:
+def _result(toys: BatchedToys, theta: torch.Tensor, nll: torch.Tensor, hessian: torch.Tensor,
+            converged: torch.Tensor) -> FitResult:
     u = theta[:, 1:].numpy()
     return FitResult(theta[:, 0].numpy(), toys.nuisance(u), u, nll.numpy(), hessian.numpy(),
-                     (np.abs(u) > 0.999).any(1))
+                     toys.window.off_window(u), converged.numpy())
 
 
 def fit(toys: BatchedToys, mu_start: np.ndarray | float, u_start: np.ndarray | None = None,
@@ -442,7 +472,7 @@ def fit(toys: BatchedToys, mu_start: np.ndarray | float, u_start: np.ndarray | N
     parameters within ``sqrt(tol)`` of their errors; Newton's convergence squares both)."""
     theta0 = _start(toys, mu_start, u_start)
     return _result(toys, *_per_chunk(
-        toys, chunk, lambda ch, sl: _minimise_chunk(ch, theta0[sl], fix_mu, tol, iterations)[:3]))
+        toys, chunk, lambda ch, sl: _minimise_chunk(ch, theta0[sl], fix_mu, tol, iterations)[:4]))
 
 
 def profile_fits(toys: BatchedToys, mu: float, mu_start: float | None = None, tol: float = _TOL,
@@ -457,22 +487,38 @@ def profile_fits(toys: BatchedToys, mu: float, mu_start: float | None = None, to
         start = torch.cat([torch.full_like(cond[0][:, :1], first_mu), cond[0][:, 1:]], 1)
         # from the conditional fit's last evaluated point when the global fit starts at mu
         glob = _minimise_chunk(ch, start, False, tol, state=state if mu_start is None else None)
-        return (*cond, *glob[:3])
+        return (*cond, *glob[:4])
 
     out = _per_chunk(toys, chunk, both)
-    return _result(toys, *out[:3]), _result(toys, *out[3:])
+    return _result(toys, *out[:4]), _result(toys, *out[4:])
 
 
 def profile_t(toys: BatchedToys, mu: float, mu_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``t_mu = 2 (NLL(mu, u_hat_mu) - NLL_min)`` of every toy (:func:`profile_fits`), and a
-    flag for fits that ended on the window's edge."""
+    flag for failed fits (on a window edge that is no bound, or not converged)."""
     cond, glob = profile_fits(toys, mu, mu_start)
-    return 2 * (cond.nll - np.minimum(glob.nll, cond.nll)), cond.at_edge | glob.at_edge
+    return 2 * (cond.nll - np.minimum(glob.nll, cond.nll)), cond.failed | glob.failed
+
+
+def _edge_solve(g: torch.Tensor, h: torch.Tensor, excess: torch.Tensor,
+                free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edge's Newton step with the nuisances ``free (b, P)`` (0: held on a bound): ``d_mu``
+    and the two terms of ``d_u = -(w_g + w_h d_mu)``."""
+    h_uu = h[:, 1:, 1:] * free[:, :, None] * free[:, None, :] + torch.diag_embed(1.0 - free)
+    g_u, h_um = g[:, 1:] * free, h[:, 1:, 0] * free
+    w_g = torch.linalg.solve(h_uu, g_u.unsqueeze(-1)).squeeze(-1)
+    w_h = torch.linalg.solve(h_uu, h_um.unsqueeze(-1)).squeeze(-1)
+    # the NLL changes by g_mu d_mu + g_u.d_u to first order
+    slope = g[:, 0] - (g_u * w_h).sum(-1)
+    d_mu = (-excess + (g_u * w_g).sum(-1)) / torch.where(slope.abs() > 1e-300, slope, 1e-300)
+    return d_mu, w_g, w_h
 
 
 def _edge_chunk(chunk: _Chunk, best: torch.Tensor, f_min: torch.Tensor, cov: torch.Tensor,
                 q: float, side: float, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One edge of each toy's interval ``(b,)`` and a convergence flag: Newton on
+    """One edge of each toy's interval ``(b,)`` and a flag: converged, with no nuisance on an
+    edge of the window that is not one of its bounds (a nuisance on a bound is held there).
+    Newton on
     ``F = (NLL - NLL_min - q/2, dNLL/du) = 0`` from the parabolic edge ``best + side sqrt(q)
     cov[:, 0] / sigma_mu``, eliminating ``d_u`` through the second equation (so the step in
     ``mu`` follows the profile's slope); ``mu`` is kept between ``mu_hat`` and its bound (the
@@ -484,15 +530,16 @@ def _edge_chunk(chunk: _Chunk, best: torch.Tensor, f_min: torch.Tensor, cov: tor
     mu_hi = best[:, 0] if side < 0 else torch.full_like(sigma, hi[0].item())
     target = f_min + q / 2
     done = torch.zeros(len(theta), dtype=torch.bool)
+    bounded = torch.as_tensor(chunk.toys.window.edges())
     for _ in range(iterations):
         f, g, h = chunk.derivatives(theta)
         excess = f - target
-        # d_u = -H_uu^-1 (g_u + H_umu d_mu); the NLL changes by g_mu d_mu + g_u.d_u to first order
-        h_uu = h[:, 1:, 1:]
-        w_g = torch.linalg.solve(h_uu, g[:, 1:].unsqueeze(-1)).squeeze(-1)
-        w_h = torch.linalg.solve(h_uu, h[:, 1:, 0].unsqueeze(-1)).squeeze(-1)
-        slope = g[:, 0] - (g[:, 1:] * w_h).sum(-1)
-        d_mu = (-excess + (g[:, 1:] * w_g).sum(-1)) / torch.where(slope.abs() > 1e-300, slope, 1e-300)
+        # d_u = -H_uu^-1 (g_u + H_umu d_mu); a nuisance on a bound that the step pushes out is held
+        d_mu, w_g, w_h = _edge_solve(g, h, excess, torch.ones_like(theta[:, 1:]))
+        d_u, u = -(w_g + w_h * d_mu[:, None]), theta[:, 1:]
+        held = (u <= -1.0) & bounded[0] & (d_u < 0) | (u >= 1.0) & bounded[1] & (d_u > 0)
+        if bool(held.any()):
+            d_mu, w_g, w_h = _edge_solve(g, h, excess, (~held).to(theta.dtype))
         d_mu = d_mu.clamp(-2 * math.sqrt(q) * sigma, 2 * math.sqrt(q) * sigma)
         mu_new = torch.minimum(torch.maximum(theta[:, 0] + d_mu, mu_lo), mu_hi)
         d_mu = mu_new - theta[:, 0]
@@ -502,14 +549,15 @@ def _edge_chunk(chunk: _Chunk, best: torch.Tensor, f_min: torch.Tensor, cov: tor
         done = (d_mu.abs() < 1e-4 * sigma) & (d_u.abs().amax(-1) < 1e-4)
         if bool(done.all()):
             break
-    return theta[:, 0], done
+    return theta[:, 0], done & ~torch.as_tensor(chunk.toys.window.off_window(theta[:, 1:].numpy()))
 
 
 def intervals(toys: BatchedToys, glob: FitResult, q: float = 1.0, iterations: int = 30,
               chunk: int = _TOYS_PER_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profile-likelihood interval ``{mu: t_mu <= q}`` of every toy around its global fit
     ``glob`` (``q = 1``: 68.3%, ``3.84``: 95%): ``low (B,)``, ``high (B,)``, and ``ok (B,)``
-    (both edges converged and no nuisance on the window's edge)."""
+    (the global fit and both edges converged with no nuisance on an edge of the window that is
+    not one of its bounds)."""
     best = torch.as_tensor(np.c_[glob.mu, glob.u])
     cov = torch.linalg.inv(torch.as_tensor(glob.hessian))
     f_min = torch.as_tensor(glob.nll)
@@ -519,4 +567,4 @@ def intervals(toys: BatchedToys, glob: FitResult, q: float = 1.0, iterations: in
                      for v in _edge_chunk(ch, best[sl], f_min[sl], cov[sl], q, side, iterations))
 
     low, low_ok, high, high_ok = (v.numpy() for v in _per_chunk(toys, chunk, edges))
-    return low, high, low_ok & high_ok & ~glob.at_edge
+    return low, high, low_ok & high_ok & ~glob.failed

@@ -20,6 +20,7 @@ from hsbi.models.constraint import Constraint
 __all__ = [
     "Interval",
     "ObservedFit",
+    "ToyFits",
     "asymptotic_interval",
     "check_point",
     "critical_values",
@@ -27,9 +28,17 @@ __all__ = [
     "likelihood_from_config",
     "make_likelihood",
     "neyman_interval",
+    "quantile_with_failed",
     "throw_toys",
+    "toy_fits",
     "toy_statistics",
 ]
+
+#: Stands in for an infinite critical value in the interpolation (finite slopes, accepts all).
+_ACCEPT_ALL = 1e300
+#: Nuisance points of the refit over the whole bounds, for a toy whose window refit still
+#: ended on an inner edge (as many as an observed fit: ``fit_observed``'s default).
+FULL_RANGE_POINTS = 241
 
 
 @dataclass(frozen=True)
@@ -229,10 +238,103 @@ def throw_toys(
     return toys
 
 
-def _toy_t(grid: ProfiledGrid, mu: float) -> tuple[float, bool]:
-    _, _, nll_min, edge_global = grid.global_fit()
-    _, nll_mu, edge_cond = grid.profile(mu)
-    return max(0.0, 2.0 * (nll_mu - nll_min)), edge_global or edge_cond
+@dataclass(frozen=True)
+class ToyFits:
+    """Per toy ``t_mu`` and the conditional MLE of the nuisance at ``mu`` (both ``(n,)``, NaN
+    where the fit failed); ``failed`` counts the failed fits."""
+
+    t: np.ndarray
+    nuisance_hat_hat: np.ndarray
+    failed: int
+
+
+def _toy_fit(grid: ProfiledGrid, mu: float, bounds: tuple[float, float]) -> tuple[float, float, bool]:
+    """``(t_mu, z_hat_hat(mu), inner)`` of one toy on ``grid``: ``inner`` where the global or the
+    conditional minimum sits on an edge of the grid that is not a nuisance bound (the minimum
+    may lie beyond it); a minimum on a bound is the constrained fit."""
+    _, z_hat, nll_min, _ = grid.global_fit()
+    z_hh, nll_mu, _ = grid.profile(mu)
+    zs = grid.zs
+
+    def inner(z: float) -> bool:
+        return bool((z <= zs[0] and zs[0] > bounds[0]) or (z >= zs[-1] and zs[-1] < bounds[1]))
+
+    return max(0.0, 2.0 * (nll_mu - nll_min)), z_hh, inner(z_hat) or inner(z_hh)
+
+
+def _refit(density: ComponentDensity, lik: Likelihood, toy: Dataset, mu: float, zs: np.ndarray,
+           bounds: tuple[float, float]) -> tuple[float, float, bool]:
+    """:func:`_toy_fit` of one toy on the nuisance grid ``zs``."""
+    return _toy_fit(lik.grid(density.log_components(toy.x, zs), zs, toy.aux), mu, bounds)
+
+
+def _batches(toys: Sequence[Dataset], chunk_events: int) -> list[slice]:
+    """Consecutive toys of at most ``chunk_events`` events together (at least one toy each)."""
+    out, start = [], 0
+    while start < len(toys):
+        stop, n = start, 0
+        while stop < len(toys) and (n == 0 or n + len(toys[stop].x) <= chunk_events):
+            n += len(toys[stop].x)
+            stop += 1
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
+def toy_fits(
+    density: ComponentDensity,
+    lik: Likelihood,
+    toys: Sequence[Dataset],
+    mu: float,
+    center: float,
+    half_width: float,
+    nuisance_range: tuple[float, float] | None = None,
+    points: int = 11,
+    chunk_events: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> ToyFits:
+    """``t_mu`` and ``z_hat_hat(mu)`` for each toy (see :class:`ToyFits`).
+
+    Each toy is profiled on a nuisance window ``center +- half_width`` (``points`` values) within
+    ``nuisance_range`` and ``lik.nuisance_bounds``. A fit whose minimum sits on an edge of the
+    window that is not a bound is redone on a window three times wider, and one still there over
+    the whole bounds (:data:`FULL_RANGE_POINTS` values), where no edge is inner; a toy that fails
+    even there gives NaN and is counted (a quantile counts it as ``t = +inf``). Raises
+    :class:`ConfigError` when ``mu`` or ``center`` lies outside the bounds, :class:`FitError` on
+    non-finite log densities.
+    """
+    lo, hi = lik.nuisance_range(nuisance_range)
+    for what, value, bounds in (("mu", mu, lik.mu_bounds), ("nuisance", center, (lo, hi))):
+        if not _inside(value, bounds):
+            raise ConfigError(f"toys tested at {what} = {value:g}, outside the bounds "
+                              f"[{bounds[0]:g}, {bounds[1]:g}]")
+
+    def window(width: float, k: int) -> np.ndarray:
+        return np.linspace(max(lo, center - width), min(hi, center + width), k)
+
+    zs = window(half_width, points)
+    refits = (window(3 * half_width, 3 * points), np.linspace(lo, hi, FULL_RANGE_POINTS))
+    t, z_hh = np.full(len(toys), np.nan), np.full(len(toys), np.nan)
+    for batch in _batches(toys, chunk_events):
+        part = toys[batch]
+        comps = density.log_components(np.concatenate([d.x for d in part]), zs)
+        offsets = np.cumsum([0] + [len(d.x) for d in part])
+        if not np.all(np.isfinite(comps) | np.isneginf(comps)):
+            bad = int(np.argwhere(np.isnan(comps) | np.isposinf(comps))[0, 1])
+            j = int(np.searchsorted(offsets, bad, side="right")) - 1
+            _check_start(f"{_density_name(density)} (toy {batch.start + j})",
+                         comps[:, offsets[j] : offsets[j + 1]], zs, lik, part[j], density.processes)
+        for j, toy in enumerate(part):
+            value, z, inner = _toy_fit(lik.grid(comps[:, offsets[j] : offsets[j + 1]], zs, toy.aux), mu, (lo, hi))
+            for wide in refits:
+                if not inner:
+                    break
+                value, z, inner = _refit(density, lik, toy, mu, wide, (lo, hi))
+            if not inner:
+                t[batch.start + j], z_hh[batch.start + j] = value, z
+        if progress is not None:
+            progress(batch.stop, len(toys))
+    return ToyFits(t, z_hh, int(np.isnan(t).sum()))
 
 
 def toy_statistics(
@@ -247,71 +349,39 @@ def toy_statistics(
     chunk_events: int = 50_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """``t_mu`` for each toy; returns the values and the number of failed fits (NaN entries).
+    """``t_mu`` for each toy and the number of failed fits (NaN entries): :func:`toy_fits`."""
+    fits = toy_fits(density, lik, toys, mu, center, half_width, nuisance_range, points, chunk_events, progress)
+    return fits.t, fits.failed
 
-    Each toy is profiled on a nuisance window ``center +- half_width`` (``points`` values) within
-    ``nuisance_range`` and ``lik.nuisance_bounds``. A fit whose minimum sits on the window's edge
-    is redone on a window three times wider; one still on an inner edge counts as failed and
-    gives NaN (reported, never dropped silently). Raises :class:`ConfigError` when ``mu`` or
-    ``center`` lies outside the bounds, :class:`FitError` on non-finite log densities.
-    """
-    lo, hi = lik.nuisance_range(nuisance_range)
-    for what, value, bounds in (("mu", mu, lik.mu_bounds), ("nuisance", center, (lo, hi))):
-        if not _inside(value, bounds):
-            raise ConfigError(f"toys tested at {what} = {value:g}, outside the bounds "
-                              f"[{bounds[0]:g}, {bounds[1]:g}]")
 
-    def window(width: float, k: int) -> np.ndarray:
-        return np.linspace(max(lo, center - width), min(hi, center + width), k)
-
-    zs = window(half_width, points)
-    t = np.full(len(toys), np.nan)
-    failed = 0
-    start = 0
-    while start < len(toys):
-        stop, n = start, 0
-        while stop < len(toys) and (n == 0 or n + len(toys[stop].x) <= chunk_events):
-            n += len(toys[stop].x)
-            stop += 1
-        batch = toys[start:stop]
-        comps = density.log_components(np.concatenate([d.x for d in batch]), zs)
-        offsets = np.cumsum([0] + [len(d.x) for d in batch])
-        if not np.all(np.isfinite(comps) | np.isneginf(comps)):
-            bad = int(np.argwhere(np.isnan(comps) | np.isposinf(comps))[0, 1])
-            j = int(np.searchsorted(offsets, bad, side="right")) - 1
-            _check_start(f"{_density_name(density)} (toy {start + j})", comps[:, offsets[j] : offsets[j + 1]],
-                         zs, lik, batch[j], density.processes)
-        for j, toy in enumerate(batch):
-            value, edge = _toy_t(lik.grid(comps[:, offsets[j] : offsets[j + 1]], zs, toy.aux), mu)
-            if edge:
-                wide = window(3 * half_width, 3 * points)
-                grid = lik.grid(density.log_components(toy.x, wide), wide, toy.aux)
-                value, edge = _toy_t(grid, mu)
-                zmin = grid.global_fit()[1]
-                edge = edge and lo < zmin < hi and wide[0] > lo and wide[-1] < hi
-            if edge:
-                failed += 1
-            else:
-                t[start + j] = value
-        start = stop
-        if progress is not None:
-            progress(stop, len(toys))
-    return t, failed
+def quantile_with_failed(t: np.ndarray, level: float) -> float:
+    """The ``level`` quantile of ``t`` with failed fits (NaN) counted as ``t = +inf``: conservative
+    (a failed toy can only raise a critical value), ``inf`` where the quantile falls among them."""
+    finite = t[np.isfinite(t)]
+    if len(finite) == len(t):
+        return float(np.quantile(t, level))
+    top = float(finite.max()) if len(finite) else 0.0
+    value = float(np.quantile(np.where(np.isfinite(t), t, np.finfo(float).max), level))
+    return value if value <= top else float("inf")
 
 
 def critical_values(t: np.ndarray, levels: Sequence[float]) -> dict[str, dict[str, float]]:
-    """CL-quantiles of ``t`` with a binomial (order-statistic) 1-sigma band."""
-    good = np.sort(t[np.isfinite(t)])
-    n = len(good)
+    """CL-quantiles of ``t`` with a binomial (order-statistic) 1-sigma band; failed fits (NaN)
+    count as ``t = +inf`` (:func:`quantile_with_failed`). ``value_failed_dropped``: the quantile
+    without them, which shows what counting them changed."""
+    full = np.sort(np.where(np.isnan(t), np.inf, t))
+    good = full[np.isfinite(full)]
+    n = len(full)
     out = {}
     for level in levels:
         spread = np.sqrt(n * level * (1 - level))
         lo_i = int(np.clip(np.floor(n * level - spread), 0, n - 1))
         hi_i = int(np.clip(np.ceil(n * level + spread), 0, n - 1))
         out[f"{level:g}"] = {
-            "value": float(np.quantile(good, level)),
-            "low": float(good[lo_i]),
-            "high": float(good[hi_i]),
+            "value": quantile_with_failed(t, level),
+            "low": float(full[lo_i]),
+            "high": float(full[hi_i]),
+            "value_failed_dropped": float(np.quantile(good, level)) if len(good) else float("inf"),
         }
     return out
 
@@ -323,7 +393,9 @@ def neyman_interval(
     level: float,
     points_per_cell: int = 10,
 ) -> Interval:
-    """``{mu : t_obs(mu) <= c(mu)}`` with ``c`` interpolated linearly between grid points."""
+    """``{mu : t_obs(mu) <= c(mu)}`` with ``c`` interpolated linearly between grid points; an
+    infinite critical value (most toys failed there) accepts its point."""
+    critical = np.where(np.isfinite(critical), critical, _ACCEPT_ALL)
     fine = np.linspace(mu_grid[0], mu_grid[-1], (len(mu_grid) - 1) * points_per_cell + 1)
     c = np.interp(fine, mu_grid, critical)
     accepted = np.array([t_obs(mu) for mu in fine]) <= c

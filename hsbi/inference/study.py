@@ -195,9 +195,11 @@ def study_report(out: Path, cfg: AnalysisConfig, model: MixtureModel, dirs: Sequ
          + "\n".join(img(f"profile_{k}", f"{k.upper()} profile scan and belt") for k in kinds) + "\n"
          + "\n".join(img(f"belt_{k}", f"{k.upper()} Neyman belt") for k in kinds)),
         ("Coverage", f"{rows[0]['datasets'] if rows else 0} pseudo-datasets per point drawn from the test "
-         "events, plus as many independent reference toys for the Neyman critical value at the truth "
-         "(the ideal profile construction), both resampled from one set of per-process pools of the test events; "
-         "alpha profiled. Errors are binomial: sqrt(p(1-p)/N) for Wilks, sqrt(p(1-p)(1/N + 1/N_ref)) for Neyman "
+         "events, plus as many independent reference toys for the Neyman critical value "
+         + ("at the truth (the ideal profile construction), both resampled from one set of per-process pools of "
+            "the test events" if inf.coverage.reference == "truth" else "at each of 5 quantiles of the datasets' "
+            "conditional MLE of alpha, interpolated to each dataset's (the construction NeymanToys makes)")
+         + "; alpha profiled within its bounds; failed fits count as t = +inf. Errors are binomial: sqrt(p(1-p)/N) for Wilks, sqrt(p(1-p)(1/N + 1/N_ref)) for Neyman "
          "(the critical value's own error); ⚠ marks a value more than 2 errors from nominal. Width: mean 68% Wilks interval width.\n\n"
          + coverage_table(rows, kinds) + "\n\n![coverage](coverage.png)\n\n"
          + _shift_section(rows, kinds)),

@@ -33,7 +33,7 @@ def test_pi_expressions_and_overrides():
         ("inference.truth.nuisance=3", r"inside the nuisance bounds \[0, 1.571\]"),
         ("inference.poi_bounds=[0, 2]", r"'inference.poi_bounds' = \[0.0, 2.0\]: expected \[low, high\] inside the model's"),
         ("inference.poi_bounds=[0.5, 0.1]", "'inference.poi_bounds'.*low < high"),
-        ("inference.poi_bounds=[0, 0.2]", "'inference.neyman.mu_min/mu_max'.*inside the POI bounds"),
+        ("inference.neyman.mu_max=1.5", "'inference.neyman.mu_min/mu_max'.*inside the POI bounds"),
         ("inference.nuisance_bounds=[0, 0.5]", "'inference.truth.nuisance' = 0.785"),
         ("inference.constraint=poisson", "'inference.constraint' = 'poisson': expected one of"),
         ("inference.constraint=lognormal", "'inference.nuisance_bounds'.*lognormal constraint needs a positive"),
@@ -124,3 +124,11 @@ def test_on_off_bad_input(tmp_path, parameters, mu, match):
 def test_a_free_nuisance_the_data_determine_is_accepted():
     cfg = load_config("default", ["inference.constraint=none"])
     assert cfg.inference.constraint == "none"
+
+
+def test_a_data_driven_model_needs_an_explicit_neyman_grid():
+    """The auto grid (null) is sized from the exact model's Fisher width; HiggsML has none."""
+    from helpers import ROOT
+
+    with pytest.raises(ConfigError, match="'inference.neyman.mu_min/mu_max'.*explicit values for model HiggsTES"):
+        load_config(ROOT / "configs" / "higgs.yaml", ["inference.neyman.mu_min=null"])

@@ -122,3 +122,79 @@ def test_two_nuisance_batched_fits_agree_with_minuit_on_the_exact_likelihood():
             c_fit, g_fit = profile_fits(toys.subset(slice(b, b + 1)), mu, mu_start=m.values["mu"])
             t_batched = 2 * (c_fit.nll[0] - g_fit.nll[0])
             assert abs(t_batched - t_exact) < 2 * eps * np.sqrt(t_exact)
+
+
+# --- nuisance bounds, physical bounds and failed fits (issue 17) ------------------------------
+
+BOUNDED = (0.70, 0.80)  # inside the rotation model's [0, pi/2]
+
+
+def test_pooled_toys_profile_within_the_nuisance_bounds():
+    """Pooled toys at z = pi/4 with the nuisance bounded to [0.70, 0.80] and a window of
+    pi/4 +- 0.08: every conditional and global fit keeps the nuisance inside the bounds (the
+    observed t(mu) is profiled there; toys profiled over a wider range test another statistic)."""
+    from hsbi.inference.batched import pool_toys
+    from hsbi.inference.batched_nd import profile_fits
+
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1, nuisance_bounds=BOUNDED)
+    toys = pool_toys(model, lik, model, 0.2, np.pi / 4, 1000, 64, seed=1, half_width=0.08)
+    cond, glob = profile_fits(toys, 0.2)
+    z = np.r_[cond.nuisance[:, 0], glob.nuisance[:, 0]]
+    assert z.min() >= BOUNDED[0] - 1e-12 and z.max() <= BOUNDED[1] + 1e-12, (z.min(), z.max())
+
+
+def test_fits_at_a_physical_bound_are_not_failures():
+    """Toys thrown at the nuisance bound z = 0.80: about half of the fits end on it. The window
+    is clipped there, and a fit on that edge is the constrained fit, not a failure: no toy is
+    flagged, t agrees with the grid profile within the same bounds (1e-3, as on an open window)
+    and the 68.3% edges with the grid profile's Wilks interval (1e-3 of the width)."""
+    from hsbi.inference import asymptotic_interval
+    from hsbi.inference.batched_nd import fit, intervals
+
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1, nuisance_bounds=BOUNDED)
+    toys = throw_toys(model, 0.2, BOUNDED[1], 1000, 0.1, 60, seed=8)
+    t_grid, failed = toy_statistics(model, lik, toys, 0.2, BOUNDED[1], 0.045, points=7)
+    prepared = prepare_toys(model, lik, toys, BOUNDED[1], 0.075, model.nuisance_range)
+    t_batch, flagged = batched_t(prepared, 0.2)
+    glob = fit(prepared, 0.2)
+    assert np.sum(glob.nuisance[:, 0] >= BOUNDED[1] - 1e-9) >= 15  # many fits on the bound
+    assert failed == 0 and not flagged.any()
+    assert np.max(np.abs(t_batch - t_grid)) < 1e-3
+    low, high, ok = intervals(prepared, glob, q=1.0)
+    assert ok.all()
+    for b in range(5):
+        iv = asymptotic_interval(fit_observed(model, lik, toys[b]), 0.6827)
+        width = iv.high - iv.low
+        assert abs(low[b] - iv.low) < 1e-3 * width and abs(high[b] - iv.high) < 1e-3 * width
+
+
+def test_a_fit_stopped_by_its_iteration_limit_is_flagged():
+    """One Newton iteration from far away does not converge: the fit says so (``converged``),
+    and ``batched_t`` flags the toy; the default limit converges every toy."""
+    from hsbi.inference.batched_nd import fit
+
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1)
+    prepared = prepare_toys(model, lik, throw_toys(model, 0.2, np.pi / 4, 1000, 0.1, 8, seed=3),
+                            np.pi / 4, 0.075, model.nuisance_range)
+    assert not fit(prepared, 0.9, iterations=1).converged.any()
+    assert fit(prepared, 0.9).converged.all()
+
+
+def test_interval_edges_with_the_nuisance_on_the_window_edge_are_not_ok():
+    """On/off toys on a window narrower than the nuisance's swing along the profile: an edge
+    is accepted only where its nuisance stays off the window's (non-physical) edges, and then
+    agrees with the edge found on a wide window."""
+    from hsbi.inference.batched_nd import fit, intervals
+
+    model = OnOffMixture()
+    lik = make_likelihood(model, 1.0, None)
+    toys = [Dataset(t.x, aux=1.0) for t in throw_toys(model, 6.0, 1.0, 1.0, 1.0, 40, seed=9)]
+    wide = prepare_toys(model, lik, toys, 1.0, 0.8, model.nuisance_range)
+    w_low, w_high, w_ok = intervals(wide, fit(wide, 6.0), q=3.84)
+    narrow = prepare_toys(model, lik, toys, 1.05, 0.05, model.nuisance_range)
+    low, high, ok = intervals(narrow, fit(narrow, 6.0), q=3.84)
+    assert w_ok.all() and 0 < ok.sum() < len(toys)
+    assert np.max(np.abs(np.r_[low - w_low, high - w_high][np.r_[ok, ok]])) < 1e-3

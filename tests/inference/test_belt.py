@@ -120,3 +120,57 @@ def test_toy_files_split_t_datasets_and_bookkeeping():
     t, datasets, meta = toy_files(toys, 0.2, 0, "simulator")
     assert set(t) == {"t_exact"} and set(datasets) == {"x_exact", "n_events_exact", "aux_exact"}
     assert meta["densities"]["exact"]["seed"] == toys["exact"].seed and meta["toys"] == 5
+
+
+def test_failed_fits_count_as_infinite_t_in_the_quantiles():
+    """A failed toy fit counts as t = +inf (conservative), never dropped: with 12 of 200 failed
+    (6%) the 95% critical value is infinite (every mu accepted there), the 68.3% one is the
+    quantile with the failed toys at the top; the value that dropping them gives is reported
+    beside it, and the Neyman inversion accepts a point with an infinite critical value (with the
+    cells next to it)."""
+    t = np.random.default_rng(5).chisquare(1, 200)
+    t[:12] = np.nan
+    crit = critical_values(t, [0.6827, 0.95])
+    full = np.where(np.isnan(t), np.inf, t)
+    assert crit["0.95"]["value"] == np.inf and crit["0.95"]["high"] == np.inf
+    assert crit["0.6827"]["value"] == pytest.approx(np.quantile(full, 0.6827), rel=1e-12)
+    for level in (0.6827, 0.95):
+        assert crit[f"{level:g}"]["value_failed_dropped"] == pytest.approx(np.quantile(t[12:], level), rel=1e-12)
+    assert crit["0.6827"]["value"] > crit["0.6827"]["value_failed_dropped"]
+    grid = np.linspace(0, 1, 11)
+    iv = _neyman_with_an_infinite_critical_value(grid)
+    # t_obs(0.7) = 4 > 1 is accepted, and so is every mu of the cells next to 0.7 (c interpolates to inf)
+    assert (iv.low, iv.high) == (pytest.approx(0.4, abs=1e-6), pytest.approx(0.8, abs=1e-6))
+
+
+def _neyman_with_an_infinite_critical_value(grid):
+    from hsbi.inference import neyman_interval
+
+    critical = np.full(11, 1.0)
+    critical[7] = np.inf  # all toys failed at mu = 0.7: accepted
+    return neyman_interval(grid, critical, lambda mu: ((mu - 0.5) / 0.1) ** 2, 0.6827)
+
+
+def test_default_neyman_grid_is_sized_from_the_fisher_width():
+    """With ``inference.neyman.mu_min/mu_max: null`` (the default) the grid is the truth +- (z +
+    3) sigma_mu, z = sqrt(F^-1_chi2_1(95%)) and sigma_mu the expected Fisher width (constraint
+    included, nuisance profiled). 95% intervals of 1,000 pooled toys at the truth leave the grid
+    with probability P(|Z| > 3) = 0.27%: at most 2.7 + 3 sqrt(2.7) of them (the old [0.15, 0.25],
+    +-3.8 sigma, truncated 4%). Explicit values stay overrides."""
+    from hsbi.inference.batched_nd import fit, intervals
+
+    cfg = load_config("default")
+    ney, inf = cfg.inference.neyman, cfg.inference
+    assert load_config("default", ["inference.neyman.mu_min=0.15", "inference.neyman.mu_max=0.25"]
+                       ).inference.neyman.grid[::10] == (0.15, 0.25)
+    model = cfg.model.build()
+    lik = make_likelihood(model, inf.n_expected, inf.constraint_sigma)
+    toys = pool_toys(model, lik, model, inf.truth.mu, inf.truth.nuisance, inf.n_expected, 1000, seed=2,
+                     half_width=0.075)
+    glob = fit(toys, inf.truth.mu)
+    low, high, ok = intervals(toys, glob, q=float(chi2.ppf(0.95, 1)))
+    sigma = float(np.std(glob.mu))  # the spread of mu_hat: the Fisher width to ~2%
+    assert ney.mu_max - inf.truth.mu == pytest.approx(inf.truth.mu - ney.mu_min, rel=1e-3)
+    assert ney.mu_max - inf.truth.mu == pytest.approx((1.96 + 3) * sigma, rel=0.05)
+    truncated = int(np.sum((low < ney.mu_min) | (high > ney.mu_max)))
+    assert ok.all() and truncated <= 2.7 + 3 * np.sqrt(2.7), truncated

@@ -61,3 +61,24 @@ def test_pool_expectation_predicts_the_wilks_coverage_of_a_shared_shift():
         assert abs(measured["value"] - predicted) < 3 * measured["error"], (key, measured, predicted)
         neyman = summary["wrong"][key]["neyman"]
         assert abs(neyman["value"] - nominal) < 3 * neyman["error"], (key, neyman)
+
+
+def test_profiled_reference_as_the_pipeline_builds_it():
+    """``inference.coverage.reference: profiled``: the Neyman critical value of a dataset comes
+    from toys at (mu_true, its own conditional MLE of the nuisance), as NeymanToys throws them
+    (interpolated between toys at nodes of the datasets' nuisance values). The simulator path's
+    Neyman error counts the reference quantile: sqrt(p (1 - p) (1 / N + 1 / N_ref)); 300
+    datasets cover within 3 such errors of nominal."""
+    cfg = load_config("default", ["inference.coverage.datasets=300", "inference.coverage.width_datasets=0",
+                                  "inference.coverage.reference=profiled"])
+    model = cfg.model.build()
+    summary, _ = coverage_study(cfg, {"exact": model}, model, progress=lambda _: None)
+    exact = summary["exact"]
+    assert summary["reference"] == "profiled" and exact["failed_fits"] == 0
+    n_ref = exact["reference_toys_per_node"]
+    assert len(exact["reference_nodes"]) >= 3 and n_ref == 300
+    for key, nominal in (("68", 0.6827), ("95", 0.95)):
+        neyman = exact[key]["neyman"]
+        p = neyman["value"]
+        assert neyman["error"] == pytest.approx(np.sqrt(p * (1 - p) * (1 / 300 + 1 / n_ref)), abs=1e-5)
+        assert abs(p - nominal) < 3 * neyman["error"], (key, neyman)

@@ -188,3 +188,16 @@ def test_a_nan_in_a_toy_names_the_toy():
 def test_toys_outside_the_bounds_are_refused(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_a_refit_stuck_on_an_inner_edge_is_not_accepted():
+    """On/off toys at nu = 1 fitted on a window centred at nu = 0.4: the 3x wider refit window
+    [0.2, 0.7] touches the lower bound but the minimum lies beyond its inner (upper) edge. Such a
+    toy must not pass with the window's t: it is refitted over the whole bounds and then agrees
+    with the full-range profile (grid of 481 points; the 241-point refit is good to ~1e-3 in t)."""
+    lik = make_likelihood(ON_OFF, 1.0, None)
+    toys = throw_toys(ON_OFF, 6.0, 1.0, 1.0, None, 20, seed=4)
+    t, failed = toy_statistics(ON_OFF, lik, toys, 6.0, 0.4, 0.1, points=7)
+    reference = np.array([fit_observed(ON_OFF, lik, toy, points=481).t(6.0) for toy in toys])
+    assert failed == 0
+    np.testing.assert_allclose(t, reference, atol=1e-2)
