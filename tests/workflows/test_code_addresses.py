@@ -12,20 +12,12 @@ from helpers import ROOT, law_env
 
 pytestmark = pytest.mark.slow
 
-_PRINT_ADDRESSES = """
-import json
-from workflows.tasks import (ConfidenceBelt, InferProfileLikelihood, NeymanToys, SimulateObserved,
-                             SimulateSamples, TrainEstimator)
-kw = {"config": "default"}
-branches = lambda cls: [b.address for b in cls(**kw).get_branch_tasks().values()]
-print(json.dumps({
-    "SimulateSamples": SimulateSamples(**kw).address,
-    "SimulateObserved": SimulateObserved(**kw).address,
-    "TrainEstimator": branches(TrainEstimator),
-    "NeymanToys": branches(NeymanToys),
-    "ConfidenceBelt": ConfidenceBelt(**kw).address,
-    "InferProfileLikelihood": InferProfileLikelihood(**kw).address,
-}))
+#: the default DAG's addresses (test_addresses.addresses), computed from the edited copy
+_PRINT_ADDRESSES = f"""
+import json, sys
+sys.path.append({str(ROOT / "tests" / "workflows")!r})
+from test_addresses import addresses
+print(json.dumps(addresses()))
 """
 
 #: (file, old text, new text): each a logic edit that changes results, or a comment-only edit
