@@ -41,7 +41,8 @@ def base():
         ("simulation.seed=2", {"SimulateSamples", "TrainEstimator", "NeymanToys", "ConfidenceBelt",
                                "InferProfileLikelihood"}),
         ("inference.truth.mu=0.25", {"SimulateObserved", "NeymanToys", "ConfidenceBelt", "InferProfileLikelihood"}),
-        ("inference.levels=[0.9]", {"ConfidenceBelt", "InferProfileLikelihood"}),
+        # the widest level sizes the default grid (inference.neyman.mu_min/mu_max: null): kept here
+        ("inference.levels=[0.6827, 0.9, 0.95]", {"ConfidenceBelt", "InferProfileLikelihood"}),
         ("inference.scan_points=61", {"InferProfileLikelihood"}),
         ("inference.neyman.method=pool", {"NeymanToys", "ConfidenceBelt", "InferProfileLikelihood"}),
         ("model.radius=0.5", {"SimulateSamples", "SimulateObserved", "TrainEstimator", "NeymanToys",
@@ -66,9 +67,10 @@ def test_more_members_reuse_the_existing_ones(base):
     assert new["SimulateSamples"] == base["SimulateSamples"]
 
 
-def test_a_wider_neyman_grid_reuses_toys_at_shared_points(base):
-    new = addresses("inference.neyman.mu_min=0.13", "inference.neyman.points=13")
-    assert new["NeymanToys"][2:] == base["NeymanToys"]
+def test_a_wider_neyman_grid_reuses_toys_at_shared_points():
+    old = addresses("inference.neyman.mu_min=0.15", "inference.neyman.mu_max=0.25")
+    new = addresses("inference.neyman.mu_min=0.13", "inference.neyman.mu_max=0.25", "inference.neyman.points=13")
+    assert new["NeymanToys"][2:] == old["NeymanToys"]
 
 
 def test_more_toys_per_point_add_chunks_and_keep_the_existing_ones():
@@ -81,7 +83,8 @@ def test_more_toys_per_point_add_chunks_and_keep_the_existing_ones():
 
 
 def test_a_branch_address_depends_on_its_point_and_chunk_not_on_its_index():
-    tasks = NeymanToys(config="default", set=("inference.neyman.chunk=50",)).get_branch_tasks()
+    tasks = NeymanToys(config="default", set=("inference.neyman.chunk=50", "inference.neyman.mu_min=0.15",
+                                              "inference.neyman.mu_max=0.25")).get_branch_tasks()
     data = [(t.branch_data["mu"], t.branch_data["chunk"]) for t in tasks.values()]
     assert data[:5] == [(0.15, 0), (0.15, 1), (0.15, 2), (0.15, 3), (0.16, 0)]
     assert len({t.address for t in tasks.values()}) == len(tasks) == 44

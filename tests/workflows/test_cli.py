@@ -59,7 +59,8 @@ ON_OFF = "model: {name: on_off, nuisance_reference: 1.0%s}\n" \
         (ON_OFF % ("", 50), "'inference.truth.mu' = 50.0: expected a signal strength (signal yield / s) in [0, 40]"),
         (ON_OFF % (", parameters: {signal_mean: 0, signal_sigma: 3}", 0.5),
          "'inference.constraint' = 'none': expected 'gaussian' or 'lognormal': the data alone do not determine"),
-        ("inference: {poi_bounds: [0, 0.2]}", "'inference.neyman.mu_min/mu_max' = (0.15, 0.25): expected a grid "
+        ("inference: {poi_bounds: [0, 0.2], neyman: {mu_min: 0.15, mu_max: 0.25}}",
+         "'inference.neyman.mu_min/mu_max' = (0.15, 0.25): expected a grid "
                                               "inside the POI bounds [0, 0.2]"),
         ("inference: {constraint: lognormal, nuisance_bounds: [0.1, 1.5], neyman: {method: pool}}",
          "'inference.neyman.method' = 'pool': expected 'simulator' with inference.constraint: lognormal"),
