@@ -189,8 +189,7 @@ class StatModelConfig:
             if par.sigma is not None:
                 _require(kinds[par.name] == "lumi", f"{key}.sigma", par.sigma,
                          "no sigma: a normfactor (the POI or a free normalisation) is unconstrained "
-                         "and NPs have unit Gaussian constraints; only lumi takes a width"
-                         if par.name == self.poi or kinds[par.name] != "lumi" else "")
+                         "and NPs have unit Gaussian constraints; only lumi takes a width")
                 _require(par.sigma > 0, f"{key}.sigma", par.sigma, "a positive width")
             if par.name == self.poi:
                 _require(not par.fixed, f"{key}.fixed", par.fixed, "false: the POI is fitted")

@@ -63,28 +63,25 @@ class SampleStore:
             return Events(np.ascontiguousarray(x[:, :-1]), x[:, -1].astype(np.float64) * factor)
         return Events(x, w.astype(np.float64))
 
-    def process(self, channel: ChannelConfig, proc: ProcessConfig, split: str) -> Events:
-        return Events.concat([self.read(s, split, channel.features) for s in proc.samples])
+    def process(self, channel: ChannelConfig, proc: ProcessConfig, split: str | None) -> Events:
+        """The nominal events of ``proc`` in ``split`` (None: every split)."""
+        splits = SPLITS if split is None else (split,)
+        return Events.concat([self.read(s, sp, channel.features) for sp in splits for s in proc.samples])
 
     def variation(self, channel: ChannelConfig, proc: ProcessConfig, mod: ModifierConfig, side: str,
-                  split: str) -> Events:
-        """The up or down variation of ``proc`` for ``mod``: its samples, or the nominal events
-        with the weight column."""
+                  split: str | None) -> Events:
+        """The up or down variation of ``proc`` for ``mod`` in ``split`` (None: every split):
+        its samples, or the nominal events with the weight column."""
+        splits = SPLITS if split is None else (split,)
         if mod.weight_up:
             column = mod.weight_up if side == "up" else mod.weight_down
-            return Events.concat([self.read(s, split, channel.features, column) for s in proc.samples])
+            return Events.concat([self.read(s, sp, channel.features, column) for sp in splits for s in proc.samples])
         names = mod.up if side == "up" else mod.down
-        return Events.concat([self.read(s, split, channel.features) for s in names])
-
-    def total(self, events: Sequence[Events]) -> float:
-        return float(sum(e.total for e in events))
-
-    def all_splits(self, read) -> Events:  # read(split) -> Events
-        return Events.concat([read(s) for s in SPLITS])
+        return Events.concat([self.read(s, sp, channel.features) for sp in splits for s in names])
 
     def data(self, channel: ChannelConfig) -> Events:
         """The observed data of a channel: every split of its data sample."""
-        return self.all_splits(lambda s: self.read(channel.data, s, channel.features))
+        return Events.concat([self.read(channel.data, s, channel.features) for s in SPLITS])
 
     def check_alignment(self, proc: ProcessConfig, mod: ModifierConfig) -> None:
         """Event-aligned variations hold the same events as the nominal: same event key and

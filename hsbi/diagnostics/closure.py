@@ -18,20 +18,26 @@ __all__ = ["closure_chi2", "closure_metrics", "plot_closure"]
 
 
 def closure_chi2(
-    numerator: np.ndarray, reference: np.ndarray, weights: np.ndarray, bins: int = 20
+    numerator: np.ndarray, reference: np.ndarray, weights: np.ndarray, bins: int = 20,
+    numerator_weights: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
-    """One entry per feature (columns of ``numerator (n, F)`` and ``reference (m, F)``)."""
+    """One entry per feature (columns of ``numerator (n, F)`` and ``reference (m, F)``).
+
+    ``numerator_weights``: event weights of a weighted numerator sample (MC), scaled to sum to
+    ``n``; its bins then count ``sum w`` with variance ``sum w^2`` instead of Poisson ``N``."""
     out = []
     norm = float(weights.sum() / len(numerator))
     norm_error = float(weights.std() * np.sqrt(len(weights)) / len(numerator))
     scaled = weights / norm
+    num_w = None if numerator_weights is None else numerator_weights * len(numerator) / numerator_weights.sum()
     for f in range(numerator.shape[1]):
         edges = np.quantile(numerator[:, f], np.linspace(0, 1, bins + 1))
         edges[0], edges[-1] = -np.inf, np.inf
-        n, _ = np.histogram(numerator[:, f], edges)
+        n, _ = np.histogram(numerator[:, f], edges, weights=num_w)
+        n2 = n if num_w is None else np.histogram(numerator[:, f], edges, weights=num_w**2)[0]
         w, _ = np.histogram(reference[:, f], edges, weights=scaled)
         w2, _ = np.histogram(reference[:, f], edges, weights=scaled**2)
-        chi2 = float(np.sum((n - w) ** 2 / np.maximum(n + w2, 1e-12)))
+        chi2 = float(np.sum((n - w) ** 2 / np.maximum(n2 + w2, 1e-12)))
         out.append({"chi2": round(chi2, 3), "ndf": bins - 1, "normalisation": round(norm, 5),
                     "normalisation_error": round(norm_error, 5)})
     return out

@@ -77,11 +77,8 @@ def _value_grad_hess(lik: Likelihood, data: Dataset, theta: torch.Tensor, curv: 
     J = torch.cat([torch.eye(P, dtype=DTYPE).expand(B, P, P), *jac], dim=1)  # (B, K, P)
     grad = torch.einsum("bk,bkp->bp", flat.detach(), J)
     H = torch.einsum("bkp,bkl,blq->bpq", J, hess.detach(), J)
-    at = P
     for g_lam, c2 in zip(grads[1:], curv):
-        C = g_lam.shape[1]
         H = H + torch.einsum("bc,cpq->bpq", g_lam.detach(), c2)
-        at += C
     return f.detach(), grad, H
 
 

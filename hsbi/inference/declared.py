@@ -15,8 +15,16 @@ from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
 from hsbi.exceptions import DataError
 from hsbi.inference.fitting import Likelihood, fit, impacts, minos_intervals, profile_scan
-from hsbi.inference.statmodel import (DTYPE, ChannelEvents, ChannelModel, Dataset, Normalisation,
-                                      StatModel, compile_model)
+from hsbi.inference.statmodel import (
+    DTYPE,
+    ChannelEvents,
+    ChannelModel,
+    Dataset,
+    Normalisation,
+    compile_model,
+    process_terms,
+    shape_log_norm,
+)
 from hsbi.training.statmodel import load_ratio, log_ratio
 
 __all__ = ["Evaluator", "analyse", "build", "load_nets", "observed_dataset", "run_fit"]
@@ -66,14 +74,13 @@ def _yields(cfg: AnalysisConfig, store: SampleStore) -> tuple[dict, dict]:
     nominal, ratios = {}, {}
     for ch in cfg.statmodel.channels:
         for proc in ch.processes:
-            nom = store.all_splits(lambda s: store.process(ch, proc, s)).total
+            nom = store.process(ch, proc, None).total
             nominal[(ch.name, proc.name)] = nom
             for mod in proc.modifiers:
                 if mod.type != "normplusshape":
                     continue
                 store.check_alignment(proc, mod)
-                down, up = (store.all_splits(lambda s, side=side: store.variation(ch, proc, mod, side, s)).total
-                            for side in ("down", "up"))
+                down, up = (store.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
                 ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
     return nominal, ratios
 
@@ -108,13 +115,9 @@ def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: An
                      theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Test-split MC of every process with weights giving the model's expectation at ``theta``:
     ``(x, w, per-process selection probabilities)``."""
-    from hsbi.inference.statmodel import _code4_log, _yields, shape_log_norm
-
     ch_cfg, ch = cfg.statmodel.channels[ch_index], lik.model.channels[ch_index]
     t = torch.as_tensor(theta[None], dtype=DTYPE)
-    F, logG = _yields(ch, t)
-    nu = (F * torch.exp(logG))[0].numpy()
-    log_norm = shape_log_norm(ch, lik.norms[ch_index], t)[0].numpy()
+    log_norm = shape_log_norm(ch, lik.norms[ch_index], t)
     xs, ws, probs = [], [], []
     for c, proc in enumerate(ch_cfg.processes):
         sample = store.process(ch_cfg, proc, "test")
@@ -122,10 +125,11 @@ def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: An
             probs.append(np.zeros(0))
             continue
         events = ev.events(sample.x, sample.w)
-        a = t[:, ch.shape_index][:, None, None, :]
-        shape = _code4_log(a, events.lo, events.hi, events.coef).sum(-1)[0, :, c].numpy() if len(ch.shape_index) else 0.0
-        p = sample.w / sample.total * np.exp(shape - log_norm[c])
-        xs.append(sample.x), ws.append(nu[c] * p), probs.append(p / p.sum())
+        F, q = process_terms(ch, events, t, log_norm)
+        # each MC event carries its share of nu_c and the renormalised shape factor at theta
+        factor = (F[0, c] * torch.exp(q[0, :, c] - events.logp[0, :, c])).numpy()
+        w = sample.w / sample.total * factor
+        xs.append(sample.x), ws.append(w), probs.append(w / w.sum())
     return np.concatenate(xs), np.concatenate(ws), probs
 
 
@@ -150,7 +154,7 @@ def observed_dataset(cfg: AnalysisConfig, lik: Likelihood, evaluators: Sequence[
             if len(x) == 0:
                 raise DataError(f"statmodel channel {ch_cfg.name!r}: the data sample {ch_cfg.data!r} has no events")
         channels.append(ev.events(x, w))
-        summary[ch_cfg.name] = {"data": ch_cfg.data, "events": int(len(x)), "sum_weights": float(np.sum(w))}
+        summary[ch_cfg.name] = {"data": ch_cfg.data, "events": len(x), "sum_weights": float(np.sum(w))}
     aux = torch.as_tensor(lik.model.nominal_aux[None], dtype=DTYPE)
     return Dataset(tuple(channels), aux), summary
 
@@ -168,12 +172,12 @@ def analyse(cfg: AnalysisConfig, lik: Likelihood, data: Dataset, log: Callable[[
     hi = max(v[1] for v in minos.values())
     pad = 0.15 * (hi - lo)
     bounds = model.parameters[model.poi_index].bounds
-    grid = np.linspace(max(bounds[0], lo - pad), min(bounds[1], hi + pad), cfg.inference.scan_points if cfg.inference.scan_points < 41 else 41)
+    grid = np.linspace(max(bounds[0], lo - pad), min(bounds[1], hi + pad), min(41, cfg.inference.scan_points))
     log(f"scan: {len(grid)} points")
     scan = profile_scan(lik, data, grid, best)
     log(f"impacts: {sum(p.constrained for p in model.parameters)} NPs")
     ranked = impacts(lik, data, best)
-    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")  # noqa: E731
+    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")
     return {
         "poi": model.poi,
         "parameters": list(model.names),

@@ -153,11 +153,9 @@ def profile_scan(lik: Likelihood, data: Dataset, values: Sequence[float], best: 
     poi = lik.model.poi
     order = np.argsort(np.abs(np.asarray(values) - best[poi]))
     ts, thetas, valid = np.zeros(len(values)), np.zeros((len(values), len(best.values))), np.zeros(len(values), bool)
-    start = best.values
     for k in order:
         cond = fit(lik, data, {poi: float(values[k])}, start=_nearest(thetas, valid, values, k, best.values), hesse=False)
         ts[k], thetas[k], valid[k] = 2 * (cond.nll - best.nll), cond.values, cond.valid
-        start = cond.values
     return ScanResult(poi, np.asarray(values, dtype=float), np.maximum(ts, 0.0), thetas, valid)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -40,6 +41,8 @@ __all__ = [
     "StatModel",
     "compile_model",
     "nll",
+    "process_terms",
+    "shape_log_norm",
 ]
 
 DTYPE = torch.float64
@@ -76,6 +79,16 @@ class ChannelModel:
     lumi: np.ndarray  # (C,) index of the lumi parameter or -1
     shape_index: np.ndarray  # (S,) parameter indices of the shape NPs of this channel
     shape_mask: np.ndarray  # (C, S) bool: process c has shape NP s
+
+    @cached_property
+    def constants(self) -> tuple[torch.Tensor, ...]:
+        """The yield structure as tensors, built once: normfactor mask, code-4 yield kappas and
+        coefficients, log nu0, lumi indices."""
+        return (torch.as_tensor(self.normfactors, dtype=torch.bool),
+                *(torch.as_tensor(a, dtype=DTYPE) for a in (
+                    self.yield_lo, self.yield_hi, code4_coefficients(self.yield_lo, self.yield_hi),
+                    np.log(self.nu0 + 1e-300))),
+                torch.as_tensor(self.lumi))
 
 
 @dataclass(frozen=True)
@@ -301,37 +314,45 @@ def _code4_log(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, coef: to
 
 def _yields(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, log G)`` of shape (B, C): normfactor products and the log of everything else."""
-    nf = torch.as_tensor(ch.normfactors, dtype=DTYPE)
-    F = torch.prod(torch.where(nf.bool(), theta[:, None, :], torch.ones((), dtype=DTYPE)), dim=-1)
-    lo, hi = (torch.as_tensor(a, dtype=DTYPE) for a in (ch.yield_lo, ch.yield_hi))
-    coef = torch.as_tensor(code4_coefficients(ch.yield_lo, ch.yield_hi), dtype=DTYPE)
-    logG = _code4_log(theta[:, None, :], lo, hi, coef).sum(-1) + torch.as_tensor(np.log(ch.nu0 + 1e-300), dtype=DTYPE)
-    lumi = torch.as_tensor(ch.lumi)
+    nf, lo, hi, coef, log_nu0, lumi = ch.constants
+    F = torch.prod(torch.where(nf, theta[:, None, :], torch.ones((), dtype=DTYPE)), dim=-1)
+    logG = _code4_log(theta[:, None, :], lo, hi, coef).sum(-1) + log_nu0
     if (lumi >= 0).any():
         lam = theta[:, lumi.clamp_min(0)]
         logG = logG + torch.where(lumi >= 0, torch.log(lam.clamp_min(1e-300)), torch.zeros((), dtype=DTYPE))
     return F, logG
 
 
+def _shapes(ch: ChannelModel, theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+            coef: torch.Tensor) -> torch.Tensor:
+    """``sum_s log I4(alpha_s; r^-, r^+)`` over the channel's shape NPs for events with log
+    ratios ``lo``/``hi`` of shape (B, n, C, S) (or (C, n, S)): (B, n, C) (or (B, C, n))."""
+    a = theta[:, ch.shape_index][:, None, None, :]  # (B, 1, 1, S)
+    return _code4_log(a, lo, hi, coef).sum(-1)
+
+
 def shape_log_norm(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor) -> torch.Tensor:
     """``log N_c(alpha)`` (B, C): the log mean shape product over the normalisation sample."""
     if len(ch.shape_index) == 0:
         return torch.zeros(theta.shape[0], len(ch.processes), dtype=DTYPE)
-    a = theta[:, ch.shape_index][:, None, None, :]  # (B, 1, 1, S)
-    logs = _code4_log(a, norm.lo, norm.hi, norm.coef).sum(-1)  # (B, C, n)
+    logs = _shapes(ch, theta, norm.lo, norm.hi, norm.coef)  # (B, C, n)
     return torch.logsumexp(logs + torch.log(norm.v.clamp_min(1e-300)) + torch.where(
         norm.v > 0, 0.0, -math.inf), dim=-1)
+
+
+def process_terms(ch: ChannelModel, events: ChannelEvents, theta: torch.Tensor,
+                  log_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F, q)``: normfactor products (B, C) and per event and process
+    ``q_ic = log(nu_c p_c(x_i) / F_c)`` (B, n, C), so that ``lambda_i = sum_c F_c exp(q_ic)``."""
+    F, logG = _yields(ch, theta)
+    shape = _shapes(ch, theta, events.lo, events.hi, events.coef) if len(ch.shape_index) else 0.0
+    return F, events.logp + shape + (logG - log_norm)[:, None, :]
 
 
 def channel_nll(ch: ChannelModel, events: ChannelEvents, theta: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
     """One channel's ``sum_c nu_c - sum_i w_i log sum_c nu_c p_c(x_i)`` for a batch (B,)."""
     F, logG = _yields(ch, theta)
-    if len(ch.shape_index):
-        a = theta[:, ch.shape_index][:, None, None, :]  # (B, 1, 1, S)
-        shape = _code4_log(a, events.lo, events.hi, events.coef).sum(-1)  # (B, n, C)
-    else:
-        shape = torch.zeros_like(events.logp)
-    q = events.logp + shape + (logG - log_norm)[:, None, :]  # (B, n, C)
+    _, q = process_terms(ch, events, theta, log_norm)
     m = q.max(dim=-1, keepdim=True).values
     lam = (F[:, None, :] * torch.exp(q - m)).sum(-1)
     log_lam = m.squeeze(-1) + torch.log(lam)

@@ -22,7 +22,7 @@ def plot_fit(out: Path, result: dict) -> None:
     _correlation(plt, out / "correlation.png", result)
 
 
-def _pulls(plt, path: Path, result: dict) -> None:  # noqa: ANN001
+def _pulls(plt, path: Path, result: dict) -> None:
     imps = result["impacts"][:30][::-1]
     n = max(len(imps), 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, sharey=True, figsize=(9, 1.5 + 0.3 * n))
@@ -44,7 +44,7 @@ def _pulls(plt, path: Path, result: dict) -> None:  # noqa: ANN001
     plt.close(fig)
 
 
-def _scan(plt, path: Path, result: dict) -> None:  # noqa: ANN001
+def _scan(plt, path: Path, result: dict) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(result["scan"]["values"], result["scan"]["t"], "k-")
     for level, (lo, hi) in result["intervals"]["minos"].items():
@@ -60,7 +60,7 @@ def _scan(plt, path: Path, result: dict) -> None:  # noqa: ANN001
     plt.close(fig)
 
 
-def _correlation(plt, path: Path, result: dict) -> None:  # noqa: ANN001
+def _correlation(plt, path: Path, result: dict) -> None:
     if result["correlation"] is None:
         return
     corr, names = np.array(result["correlation"]), result["parameters"]

@@ -21,6 +21,7 @@ from torch import nn
 from hsbi.config import EstimatorConfig, TrainingConfig
 from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
+from hsbi.diagnostics.closure import closure_chi2
 from hsbi.estimators import RatioNet
 from hsbi.exceptions import DataError
 from hsbi.training.fit import EstimatorModule, fit_per_process
@@ -92,28 +93,12 @@ def log_ratio(nets: Sequence[RatioNet], x: np.ndarray, chunk: int = 1 << 14) -> 
     return out
 
 
-def closure(nets: Sequence[RatioNet], num: Events, den: Events, bins: int = 20) -> dict[str, list[float]]:
-    """The denominator reweighted by ``exp(logit)`` against the numerator: chi2/ndf per feature
-    of the normalised weighted histograms (and the same without reweighting, for scale)."""
+def closure(nets: Sequence[RatioNet], num: Events, den: Events, bins: int = 20) -> dict[str, list]:
+    """The denominator reweighted by ``exp(logit)`` against the (weighted) numerator, per feature
+    (:func:`hsbi.diagnostics.closure.closure_chi2`), and the same without reweighting for scale."""
     r = np.exp(log_ratio(nets, den.x.astype(np.float32)))
-    out: dict[str, list[float]] = {"reweighted": [], "nominal": []}
-    for d in range(num.x.shape[1]):
-        edges = np.quantile(np.concatenate([num.x[:, d], den.x[:, d]]), np.linspace(0, 1, bins + 1))
-        edges = np.unique(edges)
-        hn, sn = _hist(num.x[:, d], num.w, edges)
-        for key, w in (("reweighted", den.w * r), ("nominal", den.w)):
-            hd, sd = _hist(den.x[:, d], w, edges)
-            ok = (sn + sd) > 0
-            out[key].append(float(np.sum((hn - hd)[ok] ** 2 / (sn + sd)[ok]) / max(ok.sum() - 1, 1)))
-    return out
-
-
-def _hist(x: np.ndarray, w: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised weighted histogram and its variance."""
-    h, _ = np.histogram(x, edges, weights=w)
-    s, _ = np.histogram(x, edges, weights=w**2)
-    total = w.sum()
-    return h / total, s / total**2
+    return {key: closure_chi2(num.x, den.x, den.w * factor, bins, numerator_weights=num.w)
+            for key, factor in (("reweighted", r), ("nominal", 1.0))}
 
 
 def train_member(cfg: AnalysisConfig, dirs: dict[str, list], task: dict, out: Path, label: str,
