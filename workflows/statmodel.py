@@ -44,8 +44,6 @@ class TrainRatio(HSBIWorkflow):
     the net, its history and, for shape ratios, the closure of the validation split."""
 
     config_sections = ("estimator", "training")
-    code_modules = ("hsbi.training.statmodel", "hsbi.training.fit", "hsbi.training.lre", "hsbi.data.statmodel",
-                    "hsbi.estimators.lre", "hsbi.estimators.io", "hsbi.config.statmodel")
     ignored_keys = ("training.members", "training.seed", "estimator.combine", "estimator.calibration",
                     "estimator.normalise", "estimator.kind", "estimator.transforms")
     reproducibility = {"rtol": 1e-4, "atol": 1e-5}
@@ -89,8 +87,6 @@ class FitDeclaredModel(HSBITask):
     correlation.png)."""
 
     config_sections = ("statmodel", "inference")
-    code_modules = ("hsbi.inference.declared", "hsbi.inference.statmodel", "hsbi.inference.fitting",
-                    "hsbi.models.interpolation", "hsbi.plotting.statmodel", "hsbi.data.statmodel")
     ignored_keys = ("inference.neyman", "inference.coverage", "inference.truth", "inference.poi_bounds",
                     "inference.nuisance_bounds", "inference.constraint", "inference.constraint_sigma",
                     "inference.n_expected")
