@@ -1,5 +1,5 @@
-"""One fitting interface for the declared model: MIGRAD/HESSE/MINOS with an analytic (autograd)
-gradient, profile scans of the POI, pulls, impacts and correlations.
+"""One fitting interface for the declared model: MIGRAD/HESSE/MINOS with an analytic gradient
+(:mod:`hsbi.inference.derivatives`), profile scans of the POI, pulls, impacts and correlations.
 
 The NLL is :func:`hsbi.inference.statmodel.nll`; this module only minimises it. Results are
 frozen dataclasses keyed by parameter name.
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from hsbi.inference.derivatives import nll_grad
 from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, StatModel, nll
 
 __all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "fit", "impacts", "minos_intervals",
@@ -40,10 +41,11 @@ class Likelihood:
         return nll(self.model, self.norms, data, theta)
 
     def value_and_grad(self, data: Dataset, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = torch.tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE, requires_grad=True)
-        value = self.batch(data, t)[0]
-        (grad,) = torch.autograd.grad(value, t)
-        return float(value.detach()), grad[0].numpy()
+        """NLL and analytic gradient of the first dataset of ``data``."""
+        with torch.no_grad():
+            value, grad = nll_grad(self.model, self.norms, data, torch.as_tensor(
+                np.asarray(theta, dtype=float)[None, :], dtype=DTYPE))
+        return float(value[0]), grad[0].numpy()
 
     def value(self, data: Dataset, theta: np.ndarray) -> float:
         with torch.no_grad():

@@ -39,6 +39,7 @@ __all__ = [
     "Normalisation",
     "Parameter",
     "StatModel",
+    "code4_log_terms",
     "compile_model",
     "nll",
     "process_terms",
@@ -310,6 +311,22 @@ def _code4_log(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, coef: to
     inside = theta.abs() < 1.0
     outer = torch.where(theta >= 0, theta * hi, -theta * lo)
     return torch.where(inside, torch.log(torch.where(inside, poly.clamp_min(1e-300), 1.0)), outer)
+
+
+def code4_log_terms(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, coef: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``log I4`` and its first and second derivatives in ``theta`` (broadcast as in
+    :func:`_code4_log`): linear outside |theta| < 1, the log of the polynomial inside."""
+    a = theta.clamp(-1.0, 1.0)
+    c1, c2, c3, c4, c5, c6 = coef.unbind(-1)
+    poly = 1.0 + a * (c1 + a * (c2 + a * (c3 + a * (c4 + a * (c5 + a * c6)))))
+    d1 = c1 + a * (2 * c2 + a * (3 * c3 + a * (4 * c4 + a * (5 * c5 + a * 6 * c6))))
+    d2 = 2 * c2 + a * (6 * c3 + a * (12 * c4 + a * (20 * c5 + a * 30 * c6)))
+    inside = theta.abs() < 1.0
+    p = torch.where(inside, poly.clamp_min(1e-300), 1.0)
+    slope = torch.where(theta >= 0, hi, -lo)
+    return (torch.where(inside, torch.log(p), theta * slope), torch.where(inside, d1 / p, slope),
+            torch.where(inside, d2 / p - (d1 / p) ** 2, 0.0))
 
 
 def _yields(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -119,3 +119,37 @@ def test_bad_model_is_one_line(tmp_path: Path, edit: callable, message: str) -> 
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, edit))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_analytic_hessian_equals_autograd(benchmark: tuple) -> None:
+    """nll_grad_hess (with the normalisation's exact curvature at the point) against autograd."""
+    from hsbi.inference.batched_fit import _norm_curvature
+    from hsbi.inference.derivatives import nll_grad_hess
+    from hsbi.inference.statmodel import nll
+
+    lik, data, _ = benchmark
+    theta = lik.model.point({"mu": 0.7, "shape_0": 1.3, "shape_1": -0.4, "shape_5": -1.6, "norm_0": 0.5,
+                             "lumi": 0.99})
+    t = torch.as_tensor(theta[None], dtype=DTYPE).requires_grad_(True)
+    (g,) = torch.autograd.grad(nll(lik.model, lik.norms, data, t).sum(), t, create_graph=True)
+    auto = torch.stack([torch.autograd.grad(g[0, k], t, retain_graph=True)[0][0] for k in range(len(theta))])
+    _, grad, hess = nll_grad_hess(lik.model, lik.norms, data, t.detach(), _norm_curvature(lik, t.detach()[0]))
+    np.testing.assert_allclose(grad[0].numpy(), g[0].detach().numpy(), rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(hess[0].numpy(), auto.numpy(), rtol=1e-9, atol=1e-7)
+
+
+def test_batched_newton_reaches_the_minuit_minimum(benchmark: tuple) -> None:
+    """The batched fit (global and with mu fixed) ends where MIGRAD does."""
+    from hsbi.inference.batched_fit import fit_batch
+
+    lik, data, _ = benchmark
+    free = fit(lik, data, hesse=False)
+    cond = fit(lik, data, {"mu": 1.4}, hesse=False)
+    starts = np.stack([lik.model.init, lik.model.point({"mu": 1.4})])
+    fixed = np.zeros(len(lik.model.names), bool)
+    glob = fit_batch(lik, data, starts[:1])
+    mu_fixed = fit_batch(lik, data, starts[1:], fixed=np.where(np.arange(len(fixed)) == 0, True, fixed))
+    assert glob.converged.all() and mu_fixed.converged.all()
+    for res, ref in ((glob, free), (mu_fixed, cond)):
+        assert res.nll[0] <= ref.nll + 1e-4
+        np.testing.assert_allclose(res.theta[0], ref.values, atol=2e-3)

@@ -1,0 +1,114 @@
+"""Speed of the declared model's fits: batched toy fits against iminuit, an observed fit with
+impacts, and the TrainRatio branch map of a large model. One run, ratios measured side by side.
+
+Synthetic per-event terms (no networks): 3 processes, ``P`` NPs of which two thirds are
+normplusshape (per-event log ratios ~ N(0, 0.1)) and one third normsys, plus mu and lumi;
+1,000-event toys, a normalisation sample of ``--norm-events`` per process.
+
+    python benchmarks/bench_statmodel.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from hsbi.config.statmodel import (ChannelConfig, ModifierConfig, ParameterConfig, ProcessConfig,
+                                   StatModelConfig)
+from hsbi.inference.batched_fit import fit_batch
+from hsbi.inference.fitting import Likelihood, fit, impacts
+from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation, compile_model
+
+PROCESSES = ("signal", "bkg1", "bkg2")
+YIELDS = {"signal": 100.0, "bkg1": 500.0, "bkg2": 400.0}
+
+
+def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[Likelihood, callable]:
+    """A likelihood with ``n_np`` NPs and a function making ``B`` toys of ~1,000 events."""
+    rng = np.random.default_rng(seed)
+    n_shape = (2 * n_np) // 3
+    mods = {p: [ModifierConfig("lumi", "lumi")] for p in PROCESSES}
+    mods["signal"].insert(0, ModifierConfig("mu", "normfactor"))
+    for m in range(n_np):
+        proc = PROCESSES[m % 3]
+        if m < n_shape:
+            mods[proc].append(ModifierConfig(f"np{m}", "normplusshape", up=(f"{proc}_np{m}_up",),
+                                             down=(f"{proc}_np{m}_down",)))
+        else:
+            mods[proc].append(ModifierConfig(f"np{m}", "normsys", lo=0.95, hi=1.05))
+    cfg = StatModelConfig(poi="mu", channels=(ChannelConfig("SR", ("x",), "asimov", tuple(
+        ProcessConfig(p, (p,), tuple(mods[p])) for p in PROCESSES)),),
+        parameters=(ParameterConfig("mu", bounds=(0.0, 10.0)),))
+    ratios = {("SR", p, mod.name): (0.97, 1.03) for p in PROCESSES for mod in mods[p] if mod.type == "normplusshape"}
+    model = compile_model(cfg, {("SR", p): YIELDS[p] for p in PROCESSES}, ratios)
+    ch = model.channels[0]
+    C, S = ch.shape_mask.shape
+
+    def shapes(n: int) -> tuple[np.ndarray, np.ndarray]:
+        g = rng.normal(0, 0.1, (n, C, S)) * ch.shape_mask
+        return -g - 0.005 * ch.shape_mask, g - 0.005 * ch.shape_mask
+
+    norm_terms = [shapes(n_norm) for _ in range(C)]
+    norm = Normalisation.of([np.ones(n_norm)] * C, [t[0][:, c] for c, t in enumerate(norm_terms)],
+                            [t[1][:, c] for c, t in enumerate(norm_terms)])
+    lik = Likelihood(model, (norm,))
+
+    def toys(B: int) -> Dataset:
+        n = 1000
+        lo, hi = shapes(B * n)
+        logp = rng.normal(0, 0.5, (B, n, C))
+        aux = np.tile(model.nominal_aux, (B, 1))
+        alpha = np.isfinite(model.sigmas) & (np.array([p.kind for p in model.parameters]) == "alpha")
+        aux[:, alpha] = rng.normal(0, 1, (B, alpha.sum()))
+        ev = ChannelEvents.of(np.ones((B, n)), logp, lo.reshape(B, n, C, S), hi.reshape(B, n, C, S))
+        return Dataset((ev,), torch.as_tensor(aux, dtype=DTYPE))
+
+    return lik, toys
+
+
+def bench_toys(n_np: int, n_norm: int, batch: int, n_minuit: int) -> dict:
+    lik, toys = synthetic(n_np, n_norm)
+    data = toys(batch)
+    start = np.tile(lik.model.init, (batch, 1))
+    t0 = time.perf_counter()
+    res = fit_batch(lik, data, start)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    diffs = []
+    for b in range(n_minuit):
+        one = fit(lik, data.take(torch.tensor([b])), hesse=False)
+        diffs.append(res.nll[b] - one.nll)
+    t_minuit = (time.perf_counter() - t0) / n_minuit
+    return {"nps": n_np, "batched_fits_per_s": batch / t_batch, "minuit_fits_per_s": 1 / t_minuit,
+            "ratio": t_minuit * batch / t_batch, "converged": int(res.converged.sum()), "batch": batch,
+            "nll_batched_minus_minuit_max": float(np.max(diffs))}
+
+
+def bench_observed(n_np: int, n_norm: int) -> dict:
+    lik, toys = synthetic(n_np, n_norm, seed=1)
+    data = toys(1)
+    t0 = time.perf_counter()
+    best = fit(lik, data)
+    t_fit = time.perf_counter() - t0
+    ranked = impacts(lik, data, best)
+    return {"nps": n_np, "fit_s": t_fit, "fit_and_impacts_s": time.perf_counter() - t0,
+            "impacts": len(ranked), "calls": best.calls}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--norm-events", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--minuit", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for n_np in (10, 20, 50):
+        print(bench_toys(n_np, args.norm_events, args.batch, args.minuit), flush=True)
+    print(bench_observed(50, args.norm_events), flush=True)
+
+
+if __name__ == "__main__":
+    main()
