@@ -14,13 +14,16 @@ A fit that does not reach the tolerance within the iteration limit is flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hsbi.inference.derivatives import nll_grad_hess
-from hsbi.inference.fitting import Likelihood
-from hsbi.inference.statmodel import DTYPE, Dataset, shape_log_norm
+from hsbi.inference.derivatives import nll_grad_hess, norm_curvature
+from hsbi.inference.statmodel import DTYPE, Dataset
+
+if TYPE_CHECKING:  # fitting uses this module: no import at run time
+    from hsbi.inference.fitting import Likelihood
 
 __all__ = ["BatchFit", "fit_batch"]
 
@@ -36,28 +39,17 @@ class BatchFit:
     iterations: int
 
 
-def _norm_curvature(lik: Likelihood, theta0: torch.Tensor) -> list[torch.Tensor]:
-    """``d^2 log N_c / d theta^2`` per channel at one point: (C, P, P)."""
-    out = []
-    for ch, norm in zip(lik.model.channels, lik.norms):
-        def f(t: torch.Tensor, ch=ch, norm=norm) -> torch.Tensor:
-            return shape_log_norm(ch, norm, t[None])[0]
-        out.append(torch.autograd.functional.jacobian(
-            lambda t, f=f: torch.autograd.functional.jacobian(f, t, create_graph=True), theta0))
-    return out
-
-
 def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarray | None = None,
               max_iter: int = 40) -> BatchFit:
-    """Minimise every dataset's NLL from ``start`` (B, P); ``fixed`` (P,) bool holds those
-    parameters at their start values (the POI for conditional fits, fixed parameters)."""
+    """Minimise every dataset's NLL from ``start`` (B, P); ``fixed`` (P,) or (B, P) bool holds
+    those parameters at their start values (the POI for conditional fits, an NP for impacts)."""
     model = lik.model
     theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=DTYPE).clone()
     B, P = theta.shape
     hold = np.array([p.fixed for p in model.parameters]) | (np.zeros(P, bool) if fixed is None else fixed)
-    free = torch.as_tensor(~hold)
+    free = torch.as_tensor(np.broadcast_to(~hold, (B, P)).copy())
     lo, hi = (torch.as_tensor(model.bounds[:, k], dtype=DTYPE) for k in (0, 1))
-    curv = _norm_curvature(lik, theta[0])
+    curv = norm_curvature(lik.model, lik.norms, theta[0])
     done = torch.zeros(B, dtype=torch.bool)
     f = torch.zeros(B, dtype=DTYPE)
     it = 0
@@ -66,7 +58,7 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         sub, th = data.take(rows), theta[rows]
         f_sub, g, H = nll_grad_hess(lik.model, lik.norms, sub, th, curv)
         f[rows] = f_sub
-        active = free[None, :] & ~(((th <= lo) & (g > 0)) | ((th >= hi) & (g < 0)))
+        active = free[rows] & ~(((th <= lo) & (g > 0)) | ((th >= hi) & (g < 0)))
         Ha = torch.where(active[:, :, None] & active[:, None, :], H, torch.eye(P, dtype=DTYPE))
         ga = torch.where(active, g, 0.0)
         evals, evecs = torch.linalg.eigh(Ha)

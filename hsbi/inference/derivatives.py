@@ -28,9 +28,10 @@ from hsbi.inference.statmodel import (
     Normalisation,
     StatModel,
     code4_log_terms,
+    shape_log_norm,
 )
 
-__all__ = ["nll_grad", "nll_grad_hess"]
+__all__ = ["nll_grad", "nll_grad_hess", "norm_curvature"]
 
 
 def _norm_terms(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor, P: int
@@ -146,3 +147,14 @@ def nll_grad_hess(model: StatModel, norms: Sequence[Normalisation], data: Datase
         v, g, h = _channel(ch, norm, events, theta, curv, hessian=True)
         value, grad, hess = value + v, grad + g, hess + h
     return value, grad, hess
+
+
+def norm_curvature(model: StatModel, norms: Sequence[Normalisation], theta0: torch.Tensor) -> list[torch.Tensor]:
+    """``d^2 log N_c / d theta^2`` per channel at one point ``theta0`` (P,): (C, P, P) each."""
+    out = []
+    for ch, norm in zip(model.channels, norms):
+        def f(t: torch.Tensor, ch: ChannelModel = ch, norm: Normalisation = norm) -> torch.Tensor:
+            return shape_log_norm(ch, norm, t[None])[0]
+        out.append(torch.autograd.functional.jacobian(
+            lambda t, f=f: torch.autograd.functional.jacobian(f, t, create_graph=True), theta0))
+    return out

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from hsbi.inference.derivatives import nll_grad
+from hsbi.inference.batched_fit import fit_batch
+from hsbi.inference.derivatives import nll_grad, nll_grad_hess, norm_curvature
 from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, StatModel, nll
 
-__all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "fit", "impacts", "minos_intervals",
+__all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "impacts", "minos_intervals",
            "profile_scan", "wilks_threshold"]
 
 #: MIGRAD's tolerance (EDM goal 0.002 * tol * errordef); iminuit's default is 0.1
@@ -107,7 +108,7 @@ def _minuit(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: Mapping[st
     cost = _Cost(lik, data)
     m = Minuit(cost, np.asarray(start, dtype=float), grad=cost.grad, name=model.names)
     m.tol = _TOL
-    m.strategy = 1
+    m.strategy = 0  # started at the Newton minimum: no numerical Hessian (P^2 calls) needed
     for p in model.parameters:
         m.limits[p.name] = p.bounds
         m.errors[p.name] = 0.1 if p.sigma is None else 0.5 * p.sigma
@@ -122,13 +123,33 @@ def fit(lik: Likelihood, data: Dataset, fixed: Mapping[str, float] | None = None
         start: np.ndarray | None = None, hesse: bool = True) -> FitResult:
     """The (conditional, with ``fixed``) maximum-likelihood fit of one dataset."""
     fixed = dict(fixed or {})
-    m, cost = _minuit(lik, data, lik.model.init if start is None else start, fixed)
+    start = lik.model.point(fixed) if start is None else np.array(start, dtype=float)
+    for name, value in fixed.items():
+        start[lik.model.index(name)] = value
+    # Newton with the analytic Hessian first: MIGRAD then only confirms the minimum (at 50 NPs
+    # it needs ~1,900 calls from the inits, a few dozen from there)
+    held = np.isin(lik.model.names, list(fixed))
+    newton = fit_batch(lik, data.take(torch.zeros(1, dtype=torch.long)), start[None], held)
+    m, cost = _minuit(lik, data, newton.theta[0], fixed)
     m.migrad()
-    if hesse and m.valid:
-        m.hesse()
-    cov = np.array(m.covariance) if (hesse and m.covariance is not None) else None
-    return FitResult(lik.model.names, np.array(m.values), np.array(m.errors) * ~np.array(m.fixed),
-                     cov, float(m.fval), bool(m.valid), tuple(fixed), cost.calls)
+    values, held = np.array(m.values), np.array(m.fixed)
+    cov = covariance(lik, data, values, held) if hesse and m.valid else None
+    errors = np.sqrt(np.clip(np.diag(cov), 0, None)) if cov is not None else np.array(m.errors) * ~held
+    return FitResult(lik.model.names, values, errors, cov, float(m.fval), bool(m.valid), tuple(fixed), cost.calls)
+
+
+def covariance(lik: Likelihood, data: Dataset, theta: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """The inverse of the analytic Hessian at ``theta`` over the free parameters (rows and
+    columns of ``held`` parameters are 0): HESSE's covariance without its P^2 numerical
+    second derivatives (2,700 NLL calls at 50 NPs)."""
+    t = torch.as_tensor(np.asarray(theta, dtype=float)[None], dtype=DTYPE)
+    curv = norm_curvature(lik.model, lik.norms, t[0])
+    with torch.no_grad():
+        _, _, hess = nll_grad_hess(lik.model, lik.norms, data, t, curv)
+    free = ~np.asarray(held, dtype=bool)
+    cov = np.zeros((len(theta), len(theta)))
+    cov[np.ix_(free, free)] = np.linalg.pinv(hess[0].numpy()[np.ix_(free, free)])
+    return cov
 
 
 @dataclass(frozen=True)
@@ -197,19 +218,22 @@ def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
     ranked by the larger post-fit impact."""
     model, poi = lik.model, lik.model.poi
     aux = data.aux[0].numpy()
-    out = []
-    for j, p in enumerate(model.parameters):
-        if not p.constrained or p.fixed:
-            continue
-        hat, err = best.values[j], best.errors[j]
-        shifts = {}
-        for label, width in (("prefit", p.sigma), ("postfit", err)):
-            deltas = []
+    nps = [j for j, p in enumerate(model.parameters) if p.constrained and not p.fixed]
+    # all 4 conditional fits per NP (pre-/post-fit width, up/down) as one batched Newton fit
+    starts, held = [], []
+    for j in nps:
+        p = model.parameters[j]
+        for width in (p.sigma, best.errors[j]):
             for sign in (+1, -1):
-                value = float(np.clip(hat + sign * width, *p.bounds))
-                cond = fit(lik, data, {p.name: value}, start=best.values, hesse=False)
-                deltas.append(cond[poi] - best[poi])
-            shifts[label] = tuple(deltas)
-        out.append(Impact(p.name, float((hat - aux[j]) / p.sigma), float(err / p.sigma),
-                          shifts["prefit"], shifts["postfit"]))
+                start = best.values.copy()
+                start[j] = float(np.clip(best.values[j] + sign * width, *p.bounds))
+                starts.append(start)
+                held.append(np.arange(len(start)) == j)
+    rows = torch.zeros(len(starts), dtype=torch.long)
+    shifted = fit_batch(lik, data.take(rows), np.array(starts), np.array(held)).theta[:, model.poi_index]
+    out = []
+    for k, j in enumerate(nps):
+        p, d = model.parameters[j], shifted[4 * k: 4 * k + 4] - best[poi]
+        out.append(Impact(p.name, float((best.values[j] - aux[j]) / p.sigma), float(best.errors[j] / p.sigma),
+                          (float(d[0]), float(d[1])), (float(d[2]), float(d[3]))))
     return sorted(out, key=lambda i: -max(abs(i.postfit[0]), abs(i.postfit[1])))

@@ -123,8 +123,7 @@ def test_bad_model_is_one_line(tmp_path: Path, edit: callable, message: str) -> 
 
 def test_analytic_hessian_equals_autograd(benchmark: tuple) -> None:
     """nll_grad_hess (with the normalisation's exact curvature at the point) against autograd."""
-    from hsbi.inference.batched_fit import _norm_curvature
-    from hsbi.inference.derivatives import nll_grad_hess
+    from hsbi.inference.derivatives import nll_grad_hess, norm_curvature
     from hsbi.inference.statmodel import nll
 
     lik, data, _ = benchmark
@@ -133,7 +132,7 @@ def test_analytic_hessian_equals_autograd(benchmark: tuple) -> None:
     t = torch.as_tensor(theta[None], dtype=DTYPE).requires_grad_(True)
     (g,) = torch.autograd.grad(nll(lik.model, lik.norms, data, t).sum(), t, create_graph=True)
     auto = torch.stack([torch.autograd.grad(g[0, k], t, retain_graph=True)[0][0] for k in range(len(theta))])
-    _, grad, hess = nll_grad_hess(lik.model, lik.norms, data, t.detach(), _norm_curvature(lik, t.detach()[0]))
+    _, grad, hess = nll_grad_hess(lik.model, lik.norms, data, t.detach(), norm_curvature(lik.model, lik.norms, t.detach()[0]))
     np.testing.assert_allclose(grad[0].numpy(), g[0].detach().numpy(), rtol=1e-9, atol=1e-8)
     np.testing.assert_allclose(hess[0].numpy(), auto.numpy(), rtol=1e-9, atol=1e-7)
 
@@ -153,3 +152,17 @@ def test_batched_newton_reaches_the_minuit_minimum(benchmark: tuple) -> None:
     for res, ref in ((glob, free), (mu_fixed, cond)):
         assert res.nll[0] <= ref.nll + 1e-4
         np.testing.assert_allclose(res.theta[0], ref.values, atol=2e-3)
+
+
+def test_batched_impacts_equal_single_conditional_fits(benchmark: tuple) -> None:
+    from hsbi.inference.fitting import impacts
+
+    lik, data, _ = benchmark
+    best = fit(lik, data)
+    ranked = impacts(lik, data, best)
+    assert len(ranked) == 10
+    for imp in ranked[:2]:
+        j = lik.model.index(imp.name)
+        for sign, delta in zip((1, -1), imp.postfit):
+            cond = fit(lik, data, {imp.name: best.values[j] + sign * best.errors[j]}, hesse=False)
+            assert abs(cond["mu"] - best["mu"] - delta) < 2e-3 * best.error("mu")
