@@ -8,10 +8,10 @@ normfactor product ``F_c``, ``lambda_i = sum_c F_c exp(q_ic)``. With ``D_ic = dq
     grad log lambda_i        = sum_c (R_ic Q_c + T_ic D_ic)
     hess lambda_i / lambda_i = sum_c R_ic (F''_c + Q_c D_ic^T + D_ic Q_c^T) + T_ic (D_ic D_ic^T + E_ic)
 
-with ``E_ic`` the second derivatives of ``q_ic`` (diagonal in theta, except the normalisation's
-curvature, which the caller passes: exact for observed fits is not needed, since MIGRAD uses the
-gradient only; batched Newton fits take it at their start point). Cost per dataset:
-``n x C x P^2`` for the Hessian, ``n x C x S`` for the value and gradient.
+with ``E_ic`` the second derivatives of ``q_ic``: diagonal in theta, except the normalisation's
+``-d^2 log N_c``, a covariance over the normalisation sample (:func:`_norm_terms`), exact per
+dataset. Cost per dataset: ``n x C x P^2`` (events) plus ``n_norm x C x S^2`` (normalisation) for
+the Hessian, ``(n + n_norm) x C x S`` for the value and gradient.
 """
 
 from __future__ import annotations
@@ -28,26 +28,40 @@ from hsbi.inference.statmodel import (
     Normalisation,
     StatModel,
     code4_log_terms,
-    shape_log_norm,
+    code4_shared_terms,
 )
 
-__all__ = ["nll_grad", "nll_grad_hess", "norm_curvature"]
+__all__ = ["nll_grad", "nll_grad_hess"]
 
 
-def _norm_terms(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor, P: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log N_c`` (B, C) and its gradient (B, C, P) over the normalisation sample."""
+def _norm_terms(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor, P: int, hessian: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``log N_c`` (B, C), its gradient (B, C, P) and, with ``hessian``, its second derivatives
+    (B, C, P, P) over the normalisation sample: with ``pi`` the sample's weights times the shape
+    product (normalised), ``d log N = E_pi[dL]`` and
+    ``d^2 log N = Cov_pi(dL, dL) + diag E_pi[d^2 L]`` (exact, per dataset)."""
     B, C = theta.shape[0], len(ch.processes)
     if len(ch.shape_index) == 0:
-        return torch.zeros(B, C, dtype=DTYPE), torch.zeros(B, C, P, dtype=DTYPE)
-    a = theta[:, ch.shape_index][:, None, None, :]
-    L, dL, _ = code4_log_terms(a, norm.lo, norm.hi, norm.coef)  # (B, C, n, S)
+        zero = torch.zeros(B, C, P, P, dtype=DTYPE) if hessian else None
+        return torch.zeros(B, C, dtype=DTYPE), torch.zeros(B, C, P, dtype=DTYPE), zero
+    L, dL, d2L = code4_shared_terms(theta[:, ch.shape_index], norm.lo, norm.hi, norm.coef)  # (B, C, n, S)
     logs = L.sum(-1) + torch.log(norm.v.clamp_min(1e-300)) + torch.where(norm.v > 0, 0.0, -torch.inf)
     log_norm = torch.logsumexp(logs, dim=-1)
     pi = torch.exp(logs - log_norm[..., None])  # (B, C, n)
+    mean = torch.einsum("bcn,bcns->bcs", pi, dL)
     J = torch.zeros(B, C, P, dtype=DTYPE)
-    J[:, :, ch.shape_index] = torch.einsum("bcn,bcns->bcs", pi, dL)
-    return log_norm, J
+    J[:, :, ch.shape_index] = mean
+    if not hessian:
+        return log_norm, J, None
+    S = len(ch.shape_index)
+    flat = dL.reshape(B * C, -1, S)
+    second = torch.bmm(flat.transpose(1, 2), pi.reshape(B * C, -1, 1) * flat).reshape(B, C, S, S)
+    second = second - mean[..., :, None] * mean[..., None, :]
+    second = second + torch.diag_embed(torch.einsum("bcn,bcns->bcs", pi, d2L))
+    K = torch.zeros(B, C, P, P, dtype=DTYPE)
+    idx = torch.as_tensor(ch.shape_index)
+    K[:, :, idx[:, None], idx[None, :]] = second
+    return log_norm, J, K
 
 
 def _yield_terms(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -82,7 +96,7 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, theta
              curvature: torch.Tensor | None, hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     B, P = theta.shape
     F, Q, F2, logG, dG, d2G = _yield_terms(ch, theta)
-    log_norm, J = _norm_terms(ch, norm, theta, P)
+    log_norm, J, K = _norm_terms(ch, norm, theta, P, hessian and curvature is None)
     D = (dG - J)[:, None, :, :].expand(B, events.w.shape[1], -1, -1).clone()  # (B, n, C, P)
     q = events.logp + (logG - log_norm)[:, None, :]
     if len(ch.shape_index):
@@ -118,6 +132,8 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, theta
     H = H - torch.diag_embed(torch.einsum("bnc,bncp->bp", wT, E))
     if curvature is not None:  # d^2 log N_c enters q_ic with a minus sign
         H = H + torch.einsum("bc,cpq->bpq", wT.sum(1), curvature)
+    else:
+        H = H + torch.einsum("bc,bcpq->bpq", wT.sum(1), K)
     return value, grad, H
 
 
@@ -139,22 +155,12 @@ def nll_grad(model: StatModel, norms: Sequence[Normalisation], data: Dataset, th
 
 
 def nll_grad_hess(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor,
-                  curvatures: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The NLL (B,), gradient (B, P) and Hessian (B, P, P); ``curvatures[k]`` (C, P, P) is the
-    second derivative of channel k's ``log N_c`` to use (None: left out)."""
+                  curvatures: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The NLL (B,), gradient (B, P) and exact Hessian (B, P, P); ``curvatures[k]`` (C, P, P),
+    if given, replaces the second derivative of channel k's ``log N_c`` (a cross-check)."""
     value, grad, hess = _constraint(model, theta, data.aux)
+    curvatures = curvatures if curvatures is not None else [None] * len(model.channels)
     for ch, norm, events, curv in zip(model.channels, norms, data.channels, curvatures):
         v, g, h = _channel(ch, norm, events, theta, curv, hessian=True)
         value, grad, hess = value + v, grad + g, hess + h
     return value, grad, hess
-
-
-def norm_curvature(model: StatModel, norms: Sequence[Normalisation], theta0: torch.Tensor) -> list[torch.Tensor]:
-    """``d^2 log N_c / d theta^2`` per channel at one point ``theta0`` (P,): (C, P, P) each."""
-    out = []
-    for ch, norm in zip(model.channels, norms):
-        def f(t: torch.Tensor, ch: ChannelModel = ch, norm: Normalisation = norm) -> torch.Tensor:
-            return shape_log_norm(ch, norm, t[None])[0]
-        out.append(torch.autograd.functional.jacobian(
-            lambda t, f=f: torch.autograd.functional.jacobian(f, t, create_graph=True), theta0))
-    return out

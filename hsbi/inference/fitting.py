@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from hsbi.inference.batched_fit import fit_batch
-from hsbi.inference.derivatives import nll_grad, nll_grad_hess, norm_curvature
+from hsbi.inference.derivatives import nll_grad, nll_grad_hess
 from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, StatModel, nll
 
 __all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "impacts", "minos_intervals",
@@ -143,9 +143,8 @@ def covariance(lik: Likelihood, data: Dataset, theta: np.ndarray, held: np.ndarr
     columns of ``held`` parameters are 0): HESSE's covariance without its P^2 numerical
     second derivatives (2,700 NLL calls at 50 NPs)."""
     t = torch.as_tensor(np.asarray(theta, dtype=float)[None], dtype=DTYPE)
-    curv = norm_curvature(lik.model, lik.norms, t[0])
     with torch.no_grad():
-        _, _, hess = nll_grad_hess(lik.model, lik.norms, data, t, curv)
+        _, _, hess = nll_grad_hess(lik.model, lik.norms, data, t)
     free = ~np.asarray(held, dtype=bool)
     cov = np.zeros((len(theta), len(theta)))
     cov[np.ix_(free, free)] = np.linalg.pinv(hess[0].numpy()[np.ix_(free, free)])

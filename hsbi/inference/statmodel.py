@@ -40,9 +40,11 @@ __all__ = [
     "Parameter",
     "StatModel",
     "code4_log_terms",
+    "code4_shared_terms",
     "compile_model",
     "nll",
     "process_terms",
+    "process_yields",
     "shape_log_norm",
 ]
 
@@ -329,7 +331,33 @@ def code4_log_terms(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, coe
             torch.where(inside, d2 / p - (d1 / p) ** 2, 0.0))
 
 
-def _yields(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def code4_shared_terms(alpha: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, coef: torch.Tensor,
+                       derivatives: bool = True) -> tuple[torch.Tensor, ...]:
+    """:func:`code4_log_terms` for one ``alpha`` (B, S) per dataset shared by all ``n`` events of
+    a fixed sample (``lo``, ``hi`` (C, n, S), ``coef`` (C, n, S, 6)): (B, C, n, S) each.
+
+    Inside |alpha| < 1 the polynomial and its derivatives are the coefficients times the powers
+    of alpha, three matrix products over the 6 powers instead of Horner's scheme elementwise
+    (the normalisation sample is the largest tensor of a fit: 4x fewer passes over it)."""
+    k = torch.arange(1, 7, dtype=DTYPE)
+    a = alpha.clamp(-1.0, 1.0)[..., None]  # (B, S, 1)
+    powers = [a**k]
+    if derivatives:
+        powers += [k * a ** (k - 1), k * (k - 1) * a.abs().clamp_min(1e-300) ** (k - 2) * torch.where(
+            (k % 2 == 0) | (a >= 0), 1.0, -1.0)]
+    inside = (alpha.abs() < 1.0)[:, None, None, :]  # (B, 1, 1, S)
+    x = alpha[:, None, None, :]
+    poly, *ds = (torch.einsum("cnsk,bsk->bcns", coef, pw) for pw in powers)
+    p = torch.where(inside, 1.0 + poly, 1.0).clamp_min(1e-300)
+    slope = torch.where(x >= 0, hi, -lo)
+    L = torch.where(inside, torch.log(p), x * slope)
+    if not derivatives:
+        return (L,)
+    d1 = ds[0] / p
+    return L, torch.where(inside, d1, slope), torch.where(inside, ds[1] / p - d1 * d1, 0.0)
+
+
+def process_yields(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, log G)`` of shape (B, C): normfactor products and the log of everything else."""
     nf, lo, hi, coef, log_nu0, lumi = ch.constants
     F = torch.prod(torch.where(nf, theta[:, None, :], torch.ones((), dtype=DTYPE)), dim=-1)
@@ -352,7 +380,8 @@ def shape_log_norm(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor) -
     """``log N_c(alpha)`` (B, C): the log mean shape product over the normalisation sample."""
     if len(ch.shape_index) == 0:
         return torch.zeros(theta.shape[0], len(ch.processes), dtype=DTYPE)
-    logs = _shapes(ch, theta, norm.lo, norm.hi, norm.coef)  # (B, C, n)
+    (L,) = code4_shared_terms(theta[:, ch.shape_index], norm.lo, norm.hi, norm.coef, derivatives=False)
+    logs = L.sum(-1)  # (B, C, n)
     return torch.logsumexp(logs + torch.log(norm.v.clamp_min(1e-300)) + torch.where(
         norm.v > 0, 0.0, -math.inf), dim=-1)
 
@@ -361,14 +390,14 @@ def process_terms(ch: ChannelModel, events: ChannelEvents, theta: torch.Tensor,
                   log_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, q)``: normfactor products (B, C) and per event and process
     ``q_ic = log(nu_c p_c(x_i) / F_c)`` (B, n, C), so that ``lambda_i = sum_c F_c exp(q_ic)``."""
-    F, logG = _yields(ch, theta)
+    F, logG = process_yields(ch, theta)
     shape = _shapes(ch, theta, events.lo, events.hi, events.coef) if len(ch.shape_index) else 0.0
     return F, events.logp + shape + (logG - log_norm)[:, None, :]
 
 
 def channel_nll(ch: ChannelModel, events: ChannelEvents, theta: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
     """One channel's ``sum_c nu_c - sum_i w_i log sum_c nu_c p_c(x_i)`` for a batch (B,)."""
-    F, logG = _yields(ch, theta)
+    F, logG = process_yields(ch, theta)
     _, q = process_terms(ch, events, theta, log_norm)
     m = q.max(dim=-1, keepdim=True).values
     lam = (F[:, None, :] * torch.exp(q - m)).sum(-1)
