@@ -3,7 +3,8 @@ impacts, and the TrainRatio branch map of a large model. One run, ratios measure
 
 Synthetic per-event terms (no networks): 3 processes, ``P`` NPs of which two thirds are
 normplusshape (per-event log ratios ~ N(0, 0.1)) and one third normsys, plus mu and lumi;
-1,000-event toys, a normalisation sample of ``--norm-events`` per process.
+~1,000-event toys thrown by the model (``hsbi.inference.toys``: yields, pool reweighting,
+global observables drawn), a normalisation sample of ``--norm-events`` per process.
 
     python benchmarks/bench_statmodel.py
 """
@@ -16,11 +17,17 @@ import time
 import numpy as np
 import torch
 
-from hsbi.config.statmodel import (ChannelConfig, ModifierConfig, ParameterConfig, ProcessConfig,
-                                   StatModelConfig)
+from hsbi.config.statmodel import (
+    ChannelConfig,
+    ModifierConfig,
+    ParameterConfig,
+    ProcessConfig,
+    StatModelConfig,
+)
 from hsbi.inference.batched_fit import fit_batch
 from hsbi.inference.fitting import Likelihood, fit, impacts
-from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation, compile_model
+from hsbi.inference.statmodel import Dataset, Normalisation, compile_model
+from hsbi.inference.toys import PoolChannel, ToyPool
 
 PROCESSES = ("signal", "bkg1", "bkg2")
 YIELDS = {"signal": 100.0, "bkg1": 500.0, "bkg2": 400.0}
@@ -55,16 +62,16 @@ def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[Likelihood, callab
     norm = Normalisation.of([np.ones(n_norm)] * C, [t[0][:, c] for c, t in enumerate(norm_terms)],
                             [t[1][:, c] for c, t in enumerate(norm_terms)])
     lik = Likelihood(model, (norm,))
+    # toys of the model itself (hsbi.inference.toys): a pool of events per process with their
+    # terms, reweighted by the shape factors; the nominal log ratios favour the own process
+    n_pool = 3000
+    own = np.repeat(np.arange(C), n_pool)
+    logp = rng.normal(0, 0.5, (C * n_pool, C)) + 0.5 * np.eye(C)[own]
+    lo, hi = shapes(C * n_pool)
+    pool = ToyPool((PoolChannel.of([np.ones(n_pool)] * C, logp, lo, hi),))
 
     def toys(B: int) -> Dataset:
-        n = 1000
-        lo, hi = shapes(B * n)
-        logp = rng.normal(0, 0.5, (B, n, C))
-        aux = np.tile(model.nominal_aux, (B, 1))
-        alpha = np.isfinite(model.sigmas) & (np.array([p.kind for p in model.parameters]) == "alpha")
-        aux[:, alpha] = rng.normal(0, 1, (B, alpha.sum()))
-        ev = ChannelEvents.of(np.ones((B, n)), logp, lo.reshape(B, n, C, S), hi.reshape(B, n, C, S))
-        return Dataset((ev,), torch.as_tensor(aux, dtype=DTYPE))
+        return pool.throw(lik, np.tile(model.init, (B, 1)), rng)
 
     return lik, toys
 

@@ -8,7 +8,7 @@ import json
 from workflows.framework import HSBITask, HSBIWorkflow, UserError
 from workflows.ingest import IngestSamples
 
-__all__ = ["FitDeclaredModel", "TrainRatio", "check_declared", "ingested_dirs"]
+__all__ = ["DeclaredBelt", "DeclaredNeymanToys", "FitDeclaredModel", "TrainRatio", "check_declared", "ingested_dirs"]
 
 
 def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
@@ -104,3 +104,67 @@ class FitDeclaredModel(HSBITask):
             result = self.run_hsbi(run_fit, self.analysis, dirs, members, out, log=self.publish_message)
         self.publish_message(f"result: {self.output().path}/result.json "
                              f"({result['poi']} = {result['best_fit'][result['poi']]:.4g})")
+
+
+def _fit_inputs(task: HSBITask) -> tuple[dict, list, dict]:
+    """Ingested directories, TrainRatio members and the observed fit's result of a declared model."""
+    reqs = task.requires()
+    dirs = ingested_dirs({k: v for k, v in reqs.items() if k not in ("networks", "fit")})
+    members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
+    return dirs, members, reqs["fit"].artifact().json("result.json")
+
+
+class DeclaredNeymanToys(HSBIWorkflow):
+    """One branch per point of the declared model's Neyman grid (``inference.neyman.points``
+    over mu_hat +- (sqrt(chi2 quantile) + 3) sigma of the observed fit): ``inference.neyman.toys``
+    toys at the observed conditional MLE of all NPs, global observables drawn, batched fits;
+    writes point.json (t of the toys and of the data, failed fits)."""
+
+    config_sections = ("statmodel", "inference")
+    ignored_keys = ("inference.coverage", "inference.truth", "inference.poi_bounds", "inference.nuisance_bounds",
+                    "inference.constraint", "inference.constraint_sigma", "inference.n_expected",
+                    "inference.scan_points", "inference.neyman.mu_min", "inference.neyman.mu_max",
+                    "inference.neyman.method", "inference.neyman.chunk")
+
+    def create_branch_map(self) -> dict[int, dict]:
+        neyman = self.analysis.inference.neyman
+        return {k: {"point": k, "toys": neyman.toys, "seed": neyman.seed} for k in range(neyman.points)}
+
+    def requires(self) -> dict:
+        return {"fit": FitDeclaredModel.req(self), "networks": TrainRatio.req(self, branch=-1),
+                **_ingest_branches(self, self.analysis.statmodel.sample_names())}
+
+    def workflow_requires(self) -> dict:
+        return {**super().workflow_requires(), "fit": FitDeclaredModel.req(self)}
+
+    def run(self) -> None:
+        from hsbi.inference.declared import neyman_point
+
+        point = self.run_hsbi(neyman_point, self.analysis, *_fit_inputs(self), self.branch_data["point"],
+                              log=self.publish_message)
+        with self.write() as out:
+            (out / "point.json").write_text(json.dumps(point) + "\n")
+
+
+class DeclaredBelt(HSBITask):
+    """The declared model's Neyman belt from all DeclaredNeymanToys points: critical values per
+    level, failed toys, Neyman intervals beside MINOS (belt.json, belt.png)."""
+
+    config_sections = ("statmodel", "inference")
+    ignored_keys = DeclaredNeymanToys.ignored_keys
+
+    def requires(self) -> dict:
+        return {"toys": DeclaredNeymanToys.req(self, branch=-1), "fit": FitDeclaredModel.req(self)}
+
+    def run(self) -> None:
+        from hsbi.inference.declared import belt_summary
+        from hsbi.plotting.statmodel import plot_belt
+
+        reqs = self.requires()
+        points = [b.artifact().json("point.json") for b in reqs["toys"].get_branch_tasks().values()]
+        belt = self.run_hsbi(belt_summary, self.analysis, points, reqs["fit"].artifact().json("result.json"))
+        with self.write() as out:
+            (out / "belt.json").write_text(json.dumps(belt, indent=1) + "\n")
+            plot_belt(out / "belt.png", belt)
+        self.publish_message(f"belt: {self.output().path}/belt.json " + ", ".join(
+            f"{k}%: [{v['low']:.4g}, {v['high']:.4g}]" for k, v in belt["intervals"].items()))

@@ -276,12 +276,20 @@ class ConfidenceBelt(HSBITask):
     ignored_keys = ("inference.scan_points", "inference.truth", "inference.observed_seed", "inference.coverage")
 
     def requires(self) -> dict:
+        from workflows.statmodel import DeclaredBelt, check_declared
+
+        if check_declared(self):  # the declared model's belt (DeclaredNeymanToys, batched many-NP fits)
+            return {"declared": DeclaredBelt.req(self)}
         return {"toys": NeymanToys.req(self, branch=-1), **_inference_inputs(self)}
 
     def run(self) -> None:
         from hsbi.inference.analysis import confidence_belt
         from hsbi.plotting.inference import plot_belt
 
+        if "declared" in self.requires():
+            _copy_results(self, self.requires()["declared"])
+            self.publish_message(f"belt: {self.output().path}/belt.json")
+            return
         arts = [b.artifact() for b in self.requires()["toys"].get_branch_tasks().values()]
         belt = self.run_hsbi(confidence_belt, self.analysis, [(a.arrays("toys.npz"), a.json("toys.json")) for a in arts])
         model, _, _, fits = _fitted(self)
@@ -291,6 +299,14 @@ class ConfidenceBelt(HSBITask):
             plot_belt(out / "belt.png", belt, {name: (mu, fit.scan(mu)) for name, fit in fits.items()},
                       poi_label=model.poi_label)
         self.publish_message(f"belt: {self.output().path}/belt.json")
+
+
+def _copy_results(task: HSBITask, source: HSBITask) -> None:
+    """Write the JSON and PNG files of ``source``'s artifact as ``task``'s (a dispatching task)."""
+    with task.write() as out:
+        for path in source.artifact().path.iterdir():
+            if path.suffix in (".json", ".png") and path.name != "manifest.json":
+                shutil.copyfile(path, out / path.name)
 
 
 class InferProfileLikelihood(HSBITask):
@@ -321,11 +337,7 @@ class InferProfileLikelihood(HSBITask):
 
         reqs = self.requires()
         if "declared" in reqs or "set_profile" in reqs:  # the result of the declared model's fit or InferSetProfile
-            source = next(iter(reqs.values())).artifact().path
-            with self.write() as out:
-                for path in source.iterdir():
-                    if path.suffix in (".json", ".png") and path.name != "manifest.json":
-                        shutil.copyfile(path, out / path.name)
+            _copy_results(self, next(iter(reqs.values())))
             self.publish_message(f"result: {self.output().path}/result.json")
             return
         cfg = self.analysis

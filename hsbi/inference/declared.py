@@ -4,6 +4,7 @@ observed (or Asimov / toy) dataset, and the observed fit with intervals, scan, p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,11 @@ from hsbi.inference.statmodel import (
     process_terms,
     shape_log_norm,
 )
+from hsbi.inference.toys import PoolChannel, ToyPool
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "build", "load_nets", "observed_dataset", "run_fit"]
+__all__ = ["Evaluator", "analyse", "belt_summary", "build", "load_nets", "neyman_grid", "neyman_point",
+           "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
 
 #: (channel, process, np, side) -> ensemble members
 Nets = Mapping[tuple[str, str, str, str], Sequence[RatioNet]]
@@ -97,18 +100,38 @@ def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[Likeliho
     splits), the normalisation samples from the test split of each process."""
     model = compile_model(cfg.statmodel, *_yields(cfg, store))
     evaluators, norms = [], []
-    for ch_cfg, ch in zip(cfg.statmodel.channels, model.channels):
-        names = tuple(model.names[j] for j in ch.shape_index)
-        samples = []
-        for c, proc in enumerate(ch_cfg.processes):
-            sample = _subsample(store.process(ch_cfg, proc, "test"), cfg.statmodel.normalisation_events, c)
-            if len(sample.w) == 0:  # a process without test events: nothing to renormalise with
-                sample = Events(np.zeros((1, len(ch.features)), np.float32), np.ones(1))
-            samples.append(sample)
-        ev = Evaluator(ch, nets, names)
+    for k, ch in enumerate(model.channels):
+        ev = Evaluator(ch, nets, tuple(model.names[j] for j in ch.shape_index))
         evaluators.append(ev)
-        norms.append(ev.normalisation(samples))
+        norms.append(ev.normalisation(normalisation_samples(cfg, store, k)))
     return Likelihood(model, tuple(norms)), tuple(evaluators)
+
+
+def normalisation_samples(cfg: AnalysisConfig, store: SampleStore, channel: int) -> list[Events]:
+    """Per process of a channel, the nominal events of its shape normalisation: up to
+    ``statmodel.normalisation_events`` of the test split (a seeded subsample)."""
+    ch_cfg, out = cfg.statmodel.channels[channel], []
+    for c, proc in enumerate(ch_cfg.processes):
+        sample = _subsample(store.process(ch_cfg, proc, "test"), cfg.statmodel.normalisation_events, c)
+        if len(sample.w) == 0:  # a process without test events: nothing to renormalise with
+            sample = Events(np.zeros((1, len(ch_cfg.features)), np.float32), np.ones(1))
+        out.append(sample)
+    return out
+
+
+def toy_pool(cfg: AnalysisConfig, evaluators: Sequence[Evaluator], store: SampleStore) -> ToyPool:
+    """The toys' event pools: the test split of every process (held out of training), with the
+    networks evaluated once on every event."""
+    channels = []
+    for ch_cfg, ev in zip(cfg.statmodel.channels, evaluators):
+        samples = [store.process(ch_cfg, proc, "test") for proc in ch_cfg.processes]
+        for proc, sample in zip(ch_cfg.processes, samples):
+            if len(sample.w) == 0:
+                raise DataError(f"statmodel channel {ch_cfg.name!r}, process {proc.name!r}: no test-split "
+                                "events to throw toys from")
+        logp, lo, hi = ev.terms(np.concatenate([s.x for s in samples]))
+        channels.append(PoolChannel.of([s.w for s in samples], logp, lo, hi))
+    return ToyPool(tuple(channels))
 
 
 def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: AnalysisConfig, ch_index: int,
@@ -181,6 +204,7 @@ def analyse(cfg: AnalysisConfig, lik: Likelihood, data: Dataset, log: Callable[[
     return {
         "poi": model.poi,
         "parameters": list(model.names),
+        "bounds": {p.name: list(p.bounds) for p in model.parameters},
         "best_fit": dict(zip(model.names, map(float, best.values))),
         "errors": dict(zip(model.names, map(float, best.errors))),
         "nll_min": best.nll,
@@ -203,6 +227,16 @@ def load_nets(members: Sequence[tuple[Mapping, object]]) -> dict:
     return nets
 
 
+def prepare(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]]
+            ) -> tuple[Likelihood, tuple[Evaluator, ...], SampleStore, Dataset, dict]:
+    """The likelihood, evaluators, sample store and observed dataset (with its summary) of a
+    declared model from ingested sample directories and TrainRatio artifacts."""
+    store = SampleStore(cfg, dirs)
+    lik, evaluators = build(cfg, store, load_nets(members))
+    data, summary = observed_dataset(cfg, lik, evaluators, store, cfg.inference.observed_seed)
+    return lik, evaluators, store, data, summary
+
+
 def run_fit(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]],
             out, log: Callable[[str], None] = print) -> dict:
     """Build the likelihood, the observed dataset and the fit; write result.json and plots
@@ -211,12 +245,65 @@ def run_fit(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence
 
     from hsbi.plotting.statmodel import plot_fit
 
-    store = SampleStore(cfg, dirs)
-    lik, evaluators = build(cfg, store, load_nets(members))
-    data, summary = observed_dataset(cfg, lik, evaluators, store, cfg.inference.observed_seed)
+    lik, _, _, data, summary = prepare(cfg, dirs, members)
     log(f"data: {json.dumps(summary)}")
     result = {**analyse(cfg, lik, data, log), "data": summary,
               "yields": {f"{ch.name}/{p}": float(ch.nu0[c]) for ch in lik.model.channels for c, p in enumerate(ch.processes)}}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_fit(out, result)
     return result
+
+
+def neyman_grid(cfg: AnalysisConfig, fit_result: Mapping) -> np.ndarray:
+    """The belt's grid of the POI for a declared model: ``inference.neyman.points`` points over
+    ``mu_hat +- (sqrt(chi2_1^-1(max level)) + 3) sigma_mu`` (the observed fit's HESSE error),
+    within the POI's bounds, rounded to 4 significant digits. The construction needs no grid
+    set by hand: a 95% interval is cut by it with probability P(|Z| > 3) = 0.27%, asymptotically."""
+    from scipy import stats
+
+    poi = fit_result["poi"]
+    mu, sigma = fit_result["best_fit"][poi], fit_result["errors"][poi]
+    half = (math.sqrt(stats.chi2.ppf(max(cfg.inference.levels), 1)) + 3.0) * sigma
+    bounds = fit_result["bounds"][poi]
+    lo, hi = max(bounds[0], float(f"{mu - half:.4g}")), min(bounds[1], float(f"{mu + half:.4g}"))
+    return np.linspace(lo, hi, cfg.inference.neyman.points)
+
+
+def neyman_point(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]],
+                 fit_result: Mapping, point: int, log: Callable[[str], None] = print) -> dict:
+    """One point of the belt (the profile construction): ``t(mu)`` of the observed data and of
+    ``inference.neyman.toys`` toys thrown at the observed conditional MLE of every NP, with their
+    global observables drawn; failed fits are ``t = +inf``."""
+    from hsbi.inference.toys import t_statistic, toy_t
+
+    torch.set_num_threads(1)
+    lik, evaluators, store, data, _ = prepare(cfg, dirs, members)
+    pool = toy_pool(cfg, evaluators, store)
+    mu = float(neyman_grid(cfg, fit_result)[point])
+    start = lik.model.point({**fit_result["best_fit"], lik.model.poi: mu})[None]
+    obs = t_statistic(lik, data, mu, start)
+    neyman = cfg.inference.neyman
+    log(f"belt point {point}: {lik.model.poi} = {mu:.4g}, t_obs = {obs.t[0]:.4g}; {neyman.toys} toys")
+    ref = toy_t(lik, pool, obs.theta_hat_hat[0], neyman.toys, seed=neyman.seed * 1000 + point, log=log)
+    return {"point": point, "mu": mu, "t_observed": float(obs.t[0]), "observed_failed": bool(obs.failed[0]),
+            "theta_hat_hat": dict(zip(lik.model.names, map(float, obs.theta_hat_hat[0]))),
+            "t": ref.t.tolist(), "failed": int(ref.failed.sum()), "toys": len(ref.t)}
+
+
+def belt_summary(cfg: AnalysisConfig, points: Sequence[Mapping], fit_result: Mapping) -> dict:
+    """The belt of all points: critical values per level, failed toys, the Neyman intervals
+    (edges interpolated, truncation flagged) beside the MINOS intervals of the observed fit."""
+    from hsbi.inference.toys import Belt, critical_value
+
+    points = sorted(points, key=lambda p: p["point"])
+    levels = cfg.inference.levels
+    belt = Belt(np.array([p["mu"] for p in points]), np.array([p["t_observed"] for p in points]),
+                {lv: np.array([critical_value(np.array(p["t"]), lv) for p in points]) for lv in levels},
+                np.array([p["failed"] for p in points]), min(p["toys"] for p in points))
+    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")
+    intervals = {key(lv): dict(zip(("low", "high", "truncated"), belt.interval(lv))) for lv in levels}
+    return {"poi": fit_result["poi"], "grid": belt.grid.tolist(), "t_observed": belt.t_observed.tolist(),
+            "critical": {key(lv): v.tolist() for lv, v in belt.critical.items()},
+            "failed": belt.failed.tolist(), "toys": belt.toys, "intervals": intervals,
+            "minos": fit_result["intervals"]["minos"],
+            "observed_failed": [p["observed_failed"] for p in points]}

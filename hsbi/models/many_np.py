@@ -222,6 +222,21 @@ class ManyNP:
         means = self._shifted_means(theta[1:1 + len(self.shape_nps)])
         return self._log_components(x.T, means)[c]
 
+    def ratio_terms(
+        self, x: np.ndarray, processes: tuple[str, ...], shape_nps: tuple[str, ...], mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact per-event terms of a declared model's likelihood (what its networks learn):
+        ``log p_c(x)`` (n, C) and the shape log ratios ``log p_c(x | alpha_s = -+1) / p_c(x)``
+        (n, C, S) where ``mask`` (C, S) says process c has shape NP s (0 elsewhere)."""
+        logp = np.stack([self.log_density(x, p, {}) for p in processes], -1)
+        lo, hi = np.zeros((len(x), *mask.shape)), np.zeros((len(x), *mask.shape))
+        for c, p in enumerate(processes):
+            for s, name in enumerate(shape_nps):
+                if mask[c, s]:
+                    lo[:, c, s] = self.log_density(x, p, {name: -1.0}) - logp[:, c]
+                    hi[:, c, s] = self.log_density(x, p, {name: 1.0}) - logp[:, c]
+        return logp, lo, hi
+
     def _log_components(self, xt: np.ndarray, means: np.ndarray) -> np.ndarray:
         """``log p_c(x_i)`` ``(C, n)`` for events ``xt (D, n)`` and process means ``(C, D)``."""
         inv = self._inv_var

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_fit"]
+__all__ = ["plot_belt", "plot_fit"]
 
 
 def plot_fit(out: Path, result: dict) -> None:
@@ -69,6 +69,35 @@ def _correlation(plt, path: Path, result: dict) -> None:
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_belt(path: Path, belt: dict) -> None:
+    """The declared model's Neyman belt: observed t(mu), the toys' critical values per level,
+    the chi2_1 quantiles (Wilks) and the Neyman intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    grid = np.array(belt["grid"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(grid, belt["t_observed"], "ko-", ms=3, label=r"observed $t(\mu)$")
+    for (level, crit), color in zip(belt["critical"].items(), ("tab:blue", "tab:orange", "tab:green")):
+        ax.plot(grid, crit, "s--", color=color, ms=3, label=f"toys' {level}% quantile")
+        ax.axhline(stats.chi2.ppf(float(level) / 100, 1), color=color, ls=":", lw=0.8)
+        iv = belt["intervals"][level]
+        if np.isfinite(iv["low"]):
+            ax.axvspan(iv["low"], iv["high"], color=color, alpha=0.12)
+    ax.set_xlabel(belt["poi"])
+    ax.set_ylabel(r"$t = -2\Delta\ln L$")
+    finite = [v for v in belt["t_observed"] if np.isfinite(v)]
+    ax.set_ylim(0, max(6.0, min(max(finite, default=6.0), 12)))
+    ax.set_title(f"Neyman belt, {belt['toys']} toys per point", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

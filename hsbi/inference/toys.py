@@ -1,0 +1,276 @@
+"""Toys of the declared model, the profile-likelihood test statistic of many datasets at once,
+and its Neyman critical values.
+
+Toys are thrown from the model, not from a simulator: per channel and process ``c`` the count is
+``n_c ~ Poisson(nu_c(theta))`` (the model's yield, code-4 interpolated), and the events are drawn
+with replacement from a pool of held-out MC events of ``c`` (the test split, never used in
+training) with probability ``w_i * prod_m I4(alpha_m; r_cm^-(x_i), r_cm^+(x_i))``: the nominal
+MC reweighted by the learned shape factors to ``p_c(x | alpha)``. The global observables are
+drawn around ``theta`` (``a_m ~ N(alpha_m, 1)``, ``a_lumi ~ N(lumi, sigma)``). Every pool event's
+per-event terms (all processes' ratios and shape ratios) are computed once; a toy is a set of
+indices into them, so throwing and fitting thousands of toys evaluates no network.
+
+The test statistic is ``t(mu) = 2 (NLL(mu, theta_hat_hat) - NLL(theta_hat))`` with both fits
+batched (:func:`hsbi.inference.batched_fit.fit_batch`); a fit that does not converge gives
+``t = +inf``, which counts against the point (conservative) and is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from hsbi.inference.batched_fit import fit_batch
+from hsbi.inference.statmodel import (
+    DTYPE,
+    ChannelEvents,
+    ChannelModel,
+    Dataset,
+    code4_shared_terms,
+    process_yields,
+)
+from hsbi.models.interpolation import code4_coefficients
+
+if TYPE_CHECKING:  # fitting imports batched_fit: no import of it at run time
+    from hsbi.inference.fitting import Likelihood
+
+__all__ = ["Belt", "PoolChannel", "TStatistic", "ToyPool", "concat", "coverage", "critical_value", "draw_events",
+           "neyman_belt",
+           "t_statistic", "toy_t"]
+
+
+@dataclass(frozen=True)
+class PoolChannel:
+    """Held-out MC events of every process of one channel with their per-event terms.
+
+    ``events`` holds the terms of all ``N`` pool events as one dataset (batch 1); ``process``
+    (N,) the process each event belongs to; ``share`` (N,) its weight over its process's
+    total; ``own_lo``/``own_hi``/``own_coef`` its own process's shape log ratios (N, S)."""
+
+    events: ChannelEvents
+    process: np.ndarray
+    share: np.ndarray
+    own_lo: torch.Tensor
+    own_hi: torch.Tensor
+    own_coef: torch.Tensor
+
+    @classmethod
+    def of(cls, weights: Sequence[np.ndarray], logp: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolChannel:
+        """``weights`` per process (their events in that order, concatenated in ``logp`` (N, C)
+        and ``lo``/``hi`` (N, C, S)). Weights must be positive: signed weights are not supported
+        by the resampling yet."""
+        process = np.concatenate([np.full(len(w), c) for c, w in enumerate(weights)])
+        for c, w in enumerate(weights):
+            if len(w) and not (np.all(w > 0) and np.isfinite(w).all()):
+                raise ValueError(f"toy pool of process {c}: expected positive finite weights")
+        share = np.concatenate([w / w.sum() if len(w) else w for w in weights]).astype(float)
+        rows = np.arange(len(process))
+        own_lo, own_hi = lo[rows, process], hi[rows, process]
+        return cls(ChannelEvents.of(np.ones((1, len(process))), logp[None], lo[None], hi[None]), process, share,
+                   *(torch.as_tensor(a, dtype=DTYPE) for a in (own_lo, own_hi, code4_coefficients(own_lo, own_hi))))
+
+
+@dataclass(frozen=True)
+class ToyPool:
+    """The pools of every channel of a model; :meth:`throw` makes toys."""
+
+    channels: tuple[PoolChannel, ...]
+
+    def throw(self, lik: Likelihood, theta: np.ndarray, rng: np.random.Generator) -> Dataset:
+        """One toy per row of ``theta`` (B, P): counts, events and global observables (see the
+        module docstring). Rows are padded with zero-weight events to a common length."""
+        model = lik.model
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        t = torch.as_tensor(theta, dtype=DTYPE)
+        channels = [_throw_channel(ch, pool, t, rng) for ch, pool in zip(model.channels, self.channels)]
+        sig = model.sigmas
+        aux = np.where(np.isfinite(sig), theta + np.nan_to_num(sig) * rng.standard_normal(theta.shape), np.nan)
+        return Dataset(tuple(channels), torch.as_tensor(aux, dtype=DTYPE))
+
+
+def _throw_channel(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: np.random.Generator) -> ChannelEvents:
+    idx, w = draw_events(ch, pool, theta, rng)
+    ev, rows = pool.events, torch.as_tensor(idx)
+    return ChannelEvents(torch.as_tensor(w, dtype=DTYPE), ev.logp[0][rows], ev.lo[0][rows], ev.hi[0][rows], ev.coef[0][rows])
+
+
+def draw_events(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Pool indices (B, n_max) and weights (1, or 0 for padding) of one toy per row of ``theta``:
+    Poisson counts of the model's yields, events of each process drawn with replacement with
+    probability ``share_i * prod_s I4(alpha_s; r^-(x_i), r^+(x_i))`` of its own shape NPs."""
+    B = theta.shape[0]
+    F, logG = process_yields(ch, theta)
+    counts = rng.poisson((F * torch.exp(logG)).numpy())  # (B, C)
+    if len(ch.shape_index):
+        (L,) = code4_shared_terms(theta[:, ch.shape_index], pool.own_lo[None], pool.own_hi[None],
+                                  pool.own_coef[None], derivatives=False)
+        logf = L[:, 0].sum(-1).numpy()  # (B, N)
+    else:
+        logf = np.zeros((B, len(pool.process)))
+    idx = np.zeros((B, max(int(counts.sum(1).max()), 1)), dtype=np.int64)
+    w = np.zeros(idx.shape)
+    filled = np.zeros(B, dtype=np.int64)
+    for c in range(len(ch.processes)):
+        members = np.nonzero(pool.process == c)[0]
+        if counts[:, c].any() and len(members) == 0:
+            raise ValueError(f"toy pool of channel {ch.name!r} has no events of process {ch.processes[c]!r}")
+        log_share = np.log(pool.share[members])
+        for b in np.nonzero(counts[:, c])[0]:
+            k, lp = counts[b, c], logf[b, members] + log_share
+            p = np.exp(lp - lp.max())
+            idx[b, filled[b]:filled[b] + k] = members[rng.choice(len(members), k, p=p / p.sum())]
+            w[b, filled[b]:filled[b] + k] = 1.0
+            filled[b] += k
+    return idx, w
+
+
+def concat(datasets: Sequence[Dataset]) -> Dataset:
+    """One batch of several (padding every channel to the longest dataset)."""
+    def pad(t: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, n - t.shape[1]])
+
+    channels = []
+    for k in range(len(datasets[0].channels)):
+        parts = [d.channels[k] for d in datasets]
+        n = max(p.w.shape[1] for p in parts)
+        channels.append(ChannelEvents(*(torch.cat([pad(getattr(p, f), n) for p in parts]) for f in
+                                        ("w", "logp", "lo", "hi", "coef"))))
+    return Dataset(tuple(channels), torch.cat([d.aux for d in datasets]))
+
+
+@dataclass(frozen=True)
+class TStatistic:
+    """``t(mu)`` of a batch of datasets (B,), with the global and conditional MLEs (B, P) and
+    which fits failed (``t`` is +inf there)."""
+
+    t: np.ndarray
+    theta_hat: np.ndarray
+    theta_hat_hat: np.ndarray
+    failed: np.ndarray
+
+
+def t_statistic(lik: Likelihood, data: Dataset, mu: float, start: np.ndarray | None = None,
+                chunk: int = 64) -> TStatistic:
+    """``t(mu)`` for each dataset of ``data``: the global fit from ``start`` (B, P; default the
+    model's inits with the POI at ``mu``), then the fit with the POI fixed at ``mu`` from the
+    global MLE. Fitted in chunks of ``chunk`` datasets."""
+    model = lik.model
+    B, P, k = data.batch, len(model.names), model.poi_index
+    if start is None:
+        start = np.tile(model.point({model.poi: mu}), (B, 1))
+    fixed = np.zeros(P, bool)
+    fixed[k] = True
+    out = {name: [] for name in ("t", "g", "c", "failed")}
+    for lo in range(0, B, chunk):
+        rows = torch.arange(lo, min(B, lo + chunk))
+        sub = data.take(rows)
+        glob = fit_batch(lik, sub, start[rows.numpy()])
+        cstart = glob.theta.copy()
+        cstart[:, k] = mu
+        cond = fit_batch(lik, sub, cstart, fixed=fixed)
+        t = np.maximum(2 * (cond.nll - glob.nll), 0.0)
+        failed = ~(glob.converged & cond.converged)
+        out["t"].append(np.where(failed, np.inf, t))
+        out["g"].append(glob.theta), out["c"].append(cond.theta), out["failed"].append(failed)
+    return TStatistic(*(np.concatenate(out[n]) for n in ("t", "g", "c", "failed")))
+
+
+def critical_value(t: np.ndarray, level: float) -> float:
+    """The ``level`` quantile of toy ``t`` values (failed toys are +inf: they raise it)."""
+    t = np.sort(np.asarray(t, dtype=float))
+    j = int(np.ceil(level * len(t))) - 1
+    return float(t[min(max(j, 0), len(t) - 1)])
+
+
+def _throw_in_chunks(lik: Likelihood, pool: ToyPool, theta: np.ndarray, n: int, rng: np.random.Generator,
+                     chunk: int) -> list[Dataset]:
+    """``n`` toys at one point ``theta`` (P,), thrown ``chunk`` at a time."""
+    return [pool.throw(lik, np.tile(theta, (min(chunk, n - k), 1)), rng) for k in range(0, n, chunk)]
+
+
+def toy_t(lik: Likelihood, pool: ToyPool, theta: np.ndarray, n: int, seed: int, chunk: int = 64,
+          log: Callable[[str], None] | None = None) -> TStatistic:
+    """``t(mu)`` of ``n`` toys thrown at ``theta`` (P,), ``mu`` its POI: each toy is fitted
+    from the point it was thrown at."""
+    rng = np.random.default_rng(seed)
+    mu = float(theta[lik.model.poi_index])
+    parts = []
+    for k, toys in enumerate(_throw_in_chunks(lik, pool, theta, n, rng, chunk)):
+        parts.append(t_statistic(lik, toys, mu, np.tile(theta, (toys.batch, 1)), chunk))
+        if log:
+            log(f"toys at {lik.model.poi} = {mu:.4g}: {min(n, (k + 1) * chunk)}/{n}")
+    return TStatistic(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                        ("t", "theta_hat", "theta_hat_hat", "failed")))
+
+
+@dataclass(frozen=True)
+class Belt:
+    """A Neyman construction on a grid of the POI: observed ``t``, the toys' critical values
+    per level, failed toys per point; :meth:`interval` reads the accepted region."""
+
+    grid: np.ndarray  # (K,)
+    t_observed: np.ndarray  # (K,)
+    critical: dict[float, np.ndarray]  # level -> (K,)
+    failed: np.ndarray  # (K,) toys counted as t = +inf
+    toys: int
+
+    def interval(self, level: float) -> tuple[float, float, bool]:
+        """The accepted region ``t_obs(mu) <= t_c(mu)``: its edges interpolated linearly in
+        ``t_obs - t_c`` between the last accepted and first rejected grid points, and whether
+        the grid truncates it (an end point accepted: the edge is that end)."""
+        d = self.t_observed - self.critical[level]
+        ok = np.nonzero(d <= 0)[0]
+        if len(ok) == 0:
+            return math.nan, math.nan, False
+        g = self.grid
+
+        def edge(inside: int, outside: int) -> float:
+            if not np.isfinite(d[outside]):
+                return float(g[inside])
+            return float(g[inside] + (g[outside] - g[inside]) * d[inside] / (d[inside] - d[outside]))
+        lo = float(g[0]) if ok[0] == 0 else edge(ok[0], ok[0] - 1)
+        hi = float(g[-1]) if ok[-1] == len(g) - 1 else edge(ok[-1], ok[-1] + 1)
+        return lo, hi, bool(ok[0] == 0 or ok[-1] == len(g) - 1)
+
+
+def neyman_belt(lik: Likelihood, pool: ToyPool, data: Dataset, grid: Sequence[float], toys: int,
+                levels: Sequence[float], seed: int, log: Callable[[str], None] | None = None) -> Belt:
+    """The profile construction for one observed dataset: at each ``mu`` of ``grid`` toys are
+    thrown at the observed conditional MLE ``theta_hat_hat(mu)`` of all NPs (global observables
+    drawn around it), their ``t(mu)`` gives the critical values."""
+    grid = np.asarray(grid, dtype=float)
+    t_obs, crit, failed = [], {lv: [] for lv in levels}, []
+    for k, mu in enumerate(grid):
+        obs = t_statistic(lik, data, float(mu))
+        t_obs.append(obs.t[0])
+        ref = toy_t(lik, pool, obs.theta_hat_hat[0], toys, seed + k)
+        for lv in levels:
+            crit[lv].append(critical_value(ref.t, lv))
+        failed.append(int(ref.failed.sum()))
+        if log:
+            log(f"belt point {k + 1}/{len(grid)}: {lik.model.poi} = {mu:.4g}, t_obs = {obs.t[0]:.3f}, "
+                + ", ".join(f"t_c({lv:g}) = {crit[lv][-1]:.3f}" for lv in levels))
+    return Belt(grid, np.array(t_obs), {lv: np.array(v) for lv, v in crit.items()}, np.array(failed), toys)
+
+
+def coverage(t_datasets: np.ndarray, t_reference: np.ndarray, level: float) -> dict:
+    """Coverage of ``level`` at one point: the fraction of datasets whose ``t`` is within the
+    critical value of the reference toys, with its binomial error counting the reference
+    quantile's own (``sqrt(p (1 - p) (1/N + 1/N_ref))``), and the Wilks coverage beside it."""
+    from scipy import stats
+
+    tc = critical_value(t_reference, level)
+    n, n_ref = len(t_datasets), len(t_reference)
+    p = float(np.mean(t_datasets <= tc))
+    err = math.sqrt(level * (1 - level) * (1 / n + 1 / n_ref))
+    wilks = float(np.mean(t_datasets <= stats.chi2.ppf(level, 1)))
+    return {"level": level, "coverage": p, "error": err, "pull": (p - level) / err, "critical_value": tc,
+            "wilks_coverage": wilks, "wilks_error": math.sqrt(level * (1 - level) / n), "datasets": n,
+            "reference_toys": n_ref, "failed_datasets": int(np.sum(~np.isfinite(t_datasets))),
+            "failed_reference": int(np.sum(~np.isfinite(t_reference)))}
