@@ -120,15 +120,36 @@ def _write(tmp_path: Path, edit: callable) -> Path:
     return path
 
 
+def _sample(cfg: dict, name: str) -> dict:
+    return next(s for s in cfg["samples"] if s["name"] == name)
+
+
+def _modifier(cfg: dict, process: int, index: int) -> dict:
+    return cfg["statmodel"]["channels"][0]["processes"][process]["modifiers"][index]
+
+
+MODIFIER = "statmodel.channels[0].processes[0].modifiers[3]"  # signal's shape_0 (normplusshape)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda c: c["statmodel"]["channels"][0]["processes"][0]["modifiers"][3].update(up="nosuch"),
-     "an ingested sample"),
-    (lambda c: c["statmodel"]["channels"][0]["processes"][0]["modifiers"][2].update(lo=0.0),
-     "a kappa > 0"),
-    (lambda c: c["statmodel"]["parameters"].append({"name": "mu", "sigma": 0.1}) or
-     c["statmodel"]["parameters"].pop(0), "no sigma: a normfactor"),
-    (lambda c: c["statmodel"].update(poi="shape_0"), "the name of a normfactor"),
-    (lambda c: c.pop("samples"), "a samples section"),
+    pytest.param(lambda c: _modifier(c, 0, 3).update(up="nosuch"),
+                 f"config key '{MODIFIER}.up' = 'nosuch': expected an ingested sample", id="unknown-sample"),
+    pytest.param(lambda c: _sample(c, "signal_shape_0_up").update(branches=["x0", "x1", "x2", "event"]),
+                 f"config key '{MODIFIER}.up' = 'signal_shape_0_up': expected a sample storing the features "
+                 "['x0', 'x1', 'x2', 'x3'] of channel 'SR'; it stores ['x0', 'x1', 'x2', 'event'], without ['x3']",
+                 id="variation-schema"),
+    pytest.param(lambda c: _modifier(c, 0, 3).update(up=[], down=[], weight_up="w_up", weight_down="w_dn"),
+                 f"config key '{MODIFIER}.weight_up/weight_down' = ['w_up', 'w_dn']: expected columns of the "
+                 "nominal sample 'signal'", id="weight-columns"),
+    pytest.param(lambda c: _modifier(c, 0, 2).update(lo=0.0), "a kappa > 0", id="kappa-not-positive"),
+    pytest.param(lambda c: c["statmodel"]["parameters"].append({"name": "mu", "sigma": 0.1}) or
+                 c["statmodel"]["parameters"].pop(0), "no sigma: a normfactor", id="constrained-poi"),
+    pytest.param(lambda c: _sample(c, "data").update(branches=["x0", "x1", "x3"]),
+                 "config key 'statmodel.channels[0].data' = 'data': expected a sample storing the features "
+                 "['x0', 'x1', 'x2', 'x3'] of channel 'SR'; it stores ['x0', 'x1', 'x3'], without ['x2']",
+                 id="data-feature"),
+    pytest.param(lambda c: c["statmodel"].update(poi="shape_0"), "the name of a normfactor", id="poi-not-normfactor"),
+    pytest.param(lambda c: c.pop("samples"), "a samples section", id="no-samples"),
 ])
 def test_bad_model_is_one_line(tmp_path: Path, edit: callable, message: str) -> None:
     with pytest.raises(ConfigError) as err:
