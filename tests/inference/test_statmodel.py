@@ -141,6 +141,9 @@ MODIFIER = "statmodel.channels[0].processes[0].modifiers[3]"  # signal's shape_0
     pytest.param(lambda c: _modifier(c, 0, 3).update(up=[], down=[], weight_up="w_up", weight_down="w_dn"),
                  f"config key '{MODIFIER}.weight_up/weight_down' = ['w_up', 'w_dn']: expected columns of the "
                  "nominal sample 'signal'", id="weight-columns"),
+    pytest.param(lambda c: _sample(c, "signal_shape_0_down")["split"].update(seed=1),
+                 f"config key '{MODIFIER}.down' = 'signal_shape_0_down': expected a sample with the event_key and "
+                 "split of the nominal 'signal'", id="aligned-variation-split"),
     pytest.param(lambda c: _modifier(c, 0, 2).update(lo=0.0), "a kappa > 0", id="kappa-not-positive"),
     pytest.param(lambda c: c["statmodel"]["parameters"].append({"name": "mu", "sigma": 0.1}) or
                  c["statmodel"]["parameters"].pop(0), "no sigma: a normfactor", id="constrained-poi"),
