@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from hsbi.config.schema import AnalysisConfig
-from hsbi.config.statmodel import ChannelConfig, ModifierConfig, ProcessConfig
+from hsbi.config.statmodel import GENERATED_DATA, ChannelConfig, ModifierConfig, ProcessConfig
 from hsbi.data.ingest.split import SPLITS
 from hsbi.data.ingest.tensors import ShardSet
 from hsbi.exceptions import DataError
+from hsbi.inference.statmodel import compile_model
 
-__all__ = ["Events", "SampleStore", "ratio_tasks"]
+__all__ = ["Events", "SampleStore", "check_samples", "ratio_tasks"]
 
 Dirs = Mapping[str, Sequence[str | Path]]
 
@@ -87,6 +88,23 @@ class SampleStore:
                             "expected observed events (or data: asimov / toy)")
         return data
 
+    def yields(self) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str, str], tuple[float, float]]]:
+        """The model's numbers from the samples' weights (all splits), as
+        :func:`hsbi.inference.statmodel.compile_model` takes them: nominal yields by
+        ``(channel, process)`` and normplusshape yield ratios ``(down, up)`` by ``(channel,
+        process, np)``; event-aligned variations are checked to hold the nominal's events."""
+        nominal, ratios = {}, {}
+        for c, ch in enumerate(self.cfg.statmodel.channels):
+            for p, proc in enumerate(ch.processes):
+                nom = nominal[(ch.name, proc.name)] = self.process(ch, proc, None).total
+                for m, mod in enumerate(proc.modifiers):
+                    if mod.type != "normplusshape":
+                        continue
+                    self.check_alignment(proc, mod, f"statmodel.channels[{c}].processes[{p}].modifiers[{m}]")
+                    down, up = (self.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
+                    ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
+        return nominal, ratios
+
     def check_alignment(self, proc: ProcessConfig, mod: ModifierConfig, key: str) -> None:
         """Event-aligned variations (config ``key`` of ``mod``) hold the nominal's events: as many
         in every split (their event_key and split are the nominal's: checked by the config)."""
@@ -101,6 +119,19 @@ class SampleStore:
                             f"config key '{key}.{side}' = {varied!r}: expected the events of the nominal "
                             f"{nominal!r} (aligned: true), or aligned: false; the {split} split has {n_var} "
                             f"events, the nominal's {n_nom} (events missing or extra)")
+
+
+def check_samples(cfg: AnalysisConfig, dirs: Dirs) -> dict:
+    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
+    model before any network trains: event-aligned variations hold the nominal's events, every
+    process has a positive expected yield and every variation a positive yield ratio, data
+    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
+    store = SampleStore(cfg, dirs)
+    nominal, ratios = store.yields()
+    compile_model(cfg.statmodel, nominal, ratios)
+    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
+    return {"yields": {"/".join(k): v for k, v in nominal.items()},
+            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
 
 
 def ratio_tasks(cfg: AnalysisConfig) -> list[dict[str, str]]:

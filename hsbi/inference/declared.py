@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from hsbi.config.schema import AnalysisConfig
-from hsbi.config.statmodel import GENERATED_DATA
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
 from hsbi.inference.fitting import Likelihood, fit, impacts, minos_intervals, profile_scan
@@ -27,7 +26,7 @@ from hsbi.inference.statmodel import (
 )
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "build", "check_samples", "load_nets", "observed_dataset", "run_fit"]
+__all__ = ["Evaluator", "analyse", "build", "load_nets", "observed_dataset", "run_fit"]
 
 #: (channel, process, np, side) -> ensemble members
 Nets = Mapping[tuple[str, str, str, str], Sequence[RatioNet]]
@@ -70,34 +69,6 @@ class Evaluator:
         return ChannelEvents.of(w[None], logp[None], lo[None], hi[None])
 
 
-def _yields(cfg: AnalysisConfig, store: SampleStore) -> tuple[dict, dict]:
-    nominal, ratios = {}, {}
-    for c, ch in enumerate(cfg.statmodel.channels):
-        for p, proc in enumerate(ch.processes):
-            nom = store.process(ch, proc, None).total
-            nominal[(ch.name, proc.name)] = nom
-            for m, mod in enumerate(proc.modifiers):
-                if mod.type != "normplusshape":
-                    continue
-                store.check_alignment(proc, mod, f"statmodel.channels[{c}].processes[{p}].modifiers[{m}]")
-                down, up = (store.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
-                ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
-    return nominal, ratios
-
-
-def check_samples(cfg: AnalysisConfig, dirs: Mapping[str, Sequence]) -> dict:
-    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
-    model before any network trains: event-aligned variations hold the nominal's events, every
-    process has a positive expected yield and every variation a positive yield ratio, data
-    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
-    store = SampleStore(cfg, dirs)
-    nominal, ratios = _yields(cfg, store)
-    compile_model(cfg.statmodel, nominal, ratios)
-    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
-    return {"yields": {"/".join(k): v for k, v in nominal.items()},
-            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
-
-
 def _subsample(ev: Events, n: int, seed: int) -> Events:
     if len(ev.w) <= n:
         return ev
@@ -108,7 +79,7 @@ def _subsample(ev: Events, n: int, seed: int) -> Events:
 def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[Likelihood, tuple[Evaluator, ...]]:
     """The likelihood object and per-channel evaluators: yields from the samples' weights (all
     splits), the normalisation samples from the test split of each process."""
-    model = compile_model(cfg.statmodel, *_yields(cfg, store))
+    model = compile_model(cfg.statmodel, *store.yields())
     evaluators, norms = [], []
     for ch_cfg, ch in zip(cfg.statmodel.channels, model.channels):
         names = tuple(model.names[j] for j in ch.shape_index)
