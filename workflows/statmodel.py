@@ -1,5 +1,6 @@
-"""The declared statistical model (``statmodel`` section): TrainRatio (one branch per network and
-member) and FitDeclaredModel (the observed fit); InferProfileLikelihood runs it for such configs."""
+"""The declared statistical model (``statmodel`` section): CheckDeclaredSamples (the ingested
+samples against the model, before any training), TrainRatio (one branch per network and member)
+and FitDeclaredModel (the observed fit); InferProfileLikelihood runs it for such configs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from workflows.framework import HSBITask, HSBIWorkflow, UserError
 from workflows.ingest import IngestSamples
 
-__all__ = ["DeclaredBelt", "DeclaredNeymanToys", "FitDeclaredModel", "TrainRatio", "check_declared", "ingested_dirs"]
+__all__ = ["CheckDeclaredSamples", "DeclaredBelt", "DeclaredNeymanToys", "FitDeclaredModel", "TrainRatio",
+           "check_declared", "ingested_dirs"]
 
 
 def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
@@ -19,10 +21,12 @@ def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[st
 
 
 def ingested_dirs(reqs: dict[str, HSBITask]) -> dict[str, list]:
-    """Sample name -> its ingested artifact directories, from ``_ingest_branches``."""
+    """Sample name -> its ingested artifact directories, from the ``_ingest_branches`` among
+    ``reqs``."""
     dirs: dict[str, list] = {}
     for key, req in sorted(reqs.items()):
-        dirs.setdefault(key.split(":")[0], []).append(req.artifact().path)
+        if isinstance(req, IngestSamples):
+            dirs.setdefault(key.split(":")[0], []).append(req.artifact().path)
     return dirs
 
 
@@ -36,6 +40,25 @@ def check_declared(task: HSBITask) -> bool:
                         "declare the statistical model (channels, processes, modifiers) in 'statmodel'; "
                         f"nothing runs the embedded '{cfg.model.name}' model in its place")
     return cfg.statmodel.declared
+
+
+class CheckDeclaredSamples(HSBITask):
+    """The model's ingested samples checked before any network trains: event-aligned variations
+    hold the nominal's events, every process has a positive expected yield, variations positive
+    yield ratios, data samples events; writes yields.json (yields, yield ratios, data events)."""
+
+    config_sections = ("statmodel",)
+    ignored_keys = ("statmodel.normalisation_events", "statmodel.truth")
+
+    def requires(self) -> dict:
+        return _ingest_branches(self, self.analysis.statmodel.sample_names())
+
+    def run(self) -> None:
+        from hsbi.data.statmodel import check_samples
+
+        summary = self.run_hsbi(check_samples, self.analysis, ingested_dirs(self.requires()))
+        with self.write() as out:
+            (out / "yields.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 class TrainRatio(HSBIWorkflow):
@@ -65,10 +88,11 @@ class TrainRatio(HSBIWorkflow):
         return {*proc.samples, *(mod.up if net["side"] == "up" else mod.down)}
 
     def requires(self) -> dict:
-        return _ingest_branches(self, set(self.branch_data["samples"]))
+        return {"checked": CheckDeclaredSamples.req(self), **_ingest_branches(self, set(self.branch_data["samples"]))}
 
     def workflow_requires(self) -> dict:
-        return {**super().workflow_requires(), "samples": IngestSamples.req(self, branch=-1)}
+        return {**super().workflow_requires(), "samples": IngestSamples.req(self, branch=-1),
+                "checked": CheckDeclaredSamples.req(self)}
 
     def run(self) -> None:
         from hsbi.training.statmodel import train_member
@@ -98,7 +122,7 @@ class FitDeclaredModel(HSBITask):
         from hsbi.inference.declared import run_fit
 
         reqs = self.requires()
-        dirs = ingested_dirs({k: v for k, v in reqs.items() if k != "networks"})
+        dirs = ingested_dirs(reqs)
         members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
         with self.write() as out:
             result = self.run_hsbi(run_fit, self.analysis, dirs, members, out, log=self.publish_message)
@@ -109,7 +133,7 @@ class FitDeclaredModel(HSBITask):
 def _fit_inputs(task: HSBITask) -> tuple[dict, list, dict]:
     """Ingested directories, TrainRatio members and the observed fit's result of a declared model."""
     reqs = task.requires()
-    dirs = ingested_dirs({k: v for k, v in reqs.items() if k not in ("networks", "fit")})
+    dirs = ingested_dirs(reqs)
     members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
     return dirs, members, reqs["fit"].artifact().json("result.json")
 

@@ -286,7 +286,7 @@ class AnalysisConfig:
         if self.statmodel.declared:
             _require(bool(self.samples), "statmodel", "(declared)",
                      "a samples section: the model's processes are ingested samples")
-            self.statmodel.check_samples(set(names))
+            self.statmodel.check_samples({s.name: s for s in self.samples})
         object.__setattr__(self, "inference", _check_inference(self.inference, self.model.build()))
 
 

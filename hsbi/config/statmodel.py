@@ -16,8 +16,10 @@ Parameters get bounds, inits and (NPs) unit Gaussian constraints with global obs
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hsbi.config.samples import SampleConfig
 from hsbi.exceptions import ConfigError
 
 __all__ = [
@@ -209,18 +211,57 @@ class StatModelConfig:
                     out.update(mod.variation_samples)
         return out
 
-    def check_samples(self, known: set[str]) -> None:
-        """Every named sample is one of the ingested ``known`` samples."""
+    def check_samples(self, samples: Mapping[str, SampleConfig]) -> None:
+        """Every named sample is one of the ingested ``samples`` (by name) and stores what the
+        model reads from it: the features of its channel (nominal, variations and data alike)
+        and a weight variation's columns; an event-aligned variation splits its events like the
+        nominal (same event_key and split)."""
+        columns = {name: sample.columns for name, sample in samples.items()}
         for c, channel in enumerate(self.channels):
+            key = f"statmodel.channels[{c}]"
             if channel.data not in GENERATED_DATA:
-                _require(channel.data in known, f"statmodel.channels[{c}].data", channel.data,
-                         f"'asimov', 'toy' or an ingested sample: one of {sorted(known)}")
+                _require(channel.data in columns, f"{key}.data", channel.data,
+                         f"'asimov', 'toy' or an ingested sample: one of {sorted(columns)}")
+                _require_sample(f"{key}.data", channel.data, columns, channel)
             for p, proc in enumerate(channel.processes):
-                key = f"statmodel.channels[{c}].processes[{p}]"
                 for name in proc.samples:
-                    _require(name in known, f"{key}.samples", name,
-                             f"an ingested sample (samples section): one of {sorted(known)}")
+                    _require_sample(f"{key}.processes[{p}].samples", name, columns, channel)
                 for m, mod in enumerate(proc.modifiers):
-                    for name in mod.variation_samples:
-                        _require(name in known, f"{key}.modifiers[{m}] ({mod.name})", name,
-                                 f"an ingested sample (samples section): one of {sorted(known)}")
+                    _check_modifier_samples(f"{key}.processes[{p}].modifiers[{m}]", mod, proc, channel, columns)
+                    _check_aligned(f"{key}.processes[{p}].modifiers[{m}]", mod, proc, samples)
+
+
+def _require_sample(key: str, sample: str, columns: Mapping[str, Sequence[str]], channel: ChannelConfig) -> None:
+    """``sample`` is ingested and stores the features of ``channel``."""
+    _require(sample in columns, key, sample, f"an ingested sample (samples section): one of {sorted(columns)}")
+    missing = [f for f in channel.features if f not in columns[sample]]
+    _require(not missing, key, sample, f"a sample storing the features {list(channel.features)} of channel "
+             f"{channel.name!r}; it stores {list(columns[sample])}, without {missing}")
+
+
+def _check_modifier_samples(key: str, mod: ModifierConfig, proc: ProcessConfig, channel: ChannelConfig,
+                            columns: Mapping[str, Sequence[str]]) -> None:
+    """The variation samples of ``mod`` are ingested and store the channel's features; weight
+    columns are stored by every nominal sample of ``proc``."""
+    for side in ("up", "down"):
+        for name in getattr(mod, side):
+            _require_sample(f"{key}.{side}", name, columns, channel)
+    weights = [w for w in (mod.weight_up, mod.weight_down) if w]
+    for name in proc.samples:
+        missing = [w for w in weights if w not in columns[name]]
+        _require(not missing, f"{key}.weight_up/weight_down", weights,
+                 f"columns of the nominal sample {name!r}; it stores {list(columns[name])}, without {missing}")
+
+
+def _check_aligned(key: str, mod: ModifierConfig, proc: ProcessConfig, samples: Mapping[str, SampleConfig]) -> None:
+    """An event-aligned variation has the event key and split of its nominal sample (so both
+    put each event in the same split); the ingested event counts are checked once ingested."""
+    if not mod.aligned:
+        return
+    for side in ("up", "down"):
+        for nominal, varied in zip(proc.samples, getattr(mod, side)):
+            a, b = samples[nominal], samples[varied]
+            _require(bool(a.event_key) and (a.event_key, a.split) == (b.event_key, b.split), f"{key}.{side}", varied,
+                     f"a sample with the event_key and split of the nominal {nominal!r} (event-aligned: "
+                     f"aligned: true), a non-empty event_key; it has {list(b.event_key)} and {b.split}, the "
+                     f"nominal {list(a.event_key)} and {a.split}; or aligned: false")

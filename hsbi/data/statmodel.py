@@ -1,5 +1,6 @@
 """Ingested samples for the declared model: per process its nominal events, variations, yields
-and the observed data, checked against the model (schema, event alignment, non-empty yields)."""
+and the observed data, checked against the model (event counts of aligned variations, data
+events)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from hsbi.config.schema import AnalysisConfig
-from hsbi.config.statmodel import ChannelConfig, ModifierConfig, ProcessConfig
+from hsbi.config.statmodel import GENERATED_DATA, ChannelConfig, ModifierConfig, ProcessConfig
 from hsbi.data.ingest.split import SPLITS
 from hsbi.data.ingest.tensors import ShardSet
 from hsbi.exceptions import DataError
+from hsbi.inference.statmodel import compile_model
 
-__all__ = ["Events", "SampleStore", "ratio_tasks"]
+__all__ = ["Events", "SampleStore", "check_samples", "ratio_tasks"]
 
 Dirs = Mapping[str, Sequence[str | Path]]
 
@@ -42,7 +44,6 @@ class SampleStore:
 
     def __init__(self, cfg: AnalysisConfig, dirs: Dirs) -> None:
         self.cfg, self.dirs = cfg, dirs
-        self.samples = {s.name: s for s in cfg.samples}
 
     def _shards(self, sample: str, split: str, columns: Sequence[str]) -> ShardSet:
         if sample not in self.dirs:
@@ -80,30 +81,57 @@ class SampleStore:
         return Events.concat([self.read(s, sp, channel.features) for sp in splits for s in names])
 
     def data(self, channel: ChannelConfig) -> Events:
-        """The observed data of a channel: every split of its data sample."""
-        return Events.concat([self.read(channel.data, s, channel.features) for s in SPLITS])
+        """The observed data of a channel: every split of its data sample (not empty)."""
+        data = Events.concat([self.read(channel.data, s, channel.features) for s in SPLITS])
+        if len(data.w) == 0:
+            raise DataError(f"statmodel channel {channel.name!r}: the data sample {channel.data!r} has no events; "
+                            "expected observed events (or data: asimov / toy)")
+        return data
 
-    def check_alignment(self, proc: ProcessConfig, mod: ModifierConfig) -> None:
-        """Event-aligned variations hold the same events as the nominal: same event key and
-        split definition, and the same number of events in every split."""
+    def yields(self) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str, str], tuple[float, float]]]:
+        """The model's numbers from the samples' weights (all splits), as
+        :func:`hsbi.inference.statmodel.compile_model` takes them: nominal yields by
+        ``(channel, process)`` and normplusshape yield ratios ``(down, up)`` by ``(channel,
+        process, np)``; event-aligned variations are checked to hold the nominal's events."""
+        nominal, ratios = {}, {}
+        for c, ch in enumerate(self.cfg.statmodel.channels):
+            for p, proc in enumerate(ch.processes):
+                nom = nominal[(ch.name, proc.name)] = self.process(ch, proc, None).total
+                for m, mod in enumerate(proc.modifiers):
+                    if mod.type != "normplusshape":
+                        continue
+                    self.check_alignment(proc, mod, f"statmodel.channels[{c}].processes[{p}].modifiers[{m}]")
+                    down, up = (self.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
+                    ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
+        return nominal, ratios
+
+    def check_alignment(self, proc: ProcessConfig, mod: ModifierConfig, key: str) -> None:
+        """Event-aligned variations (config ``key`` of ``mod``) hold the nominal's events: as many
+        in every split (their event_key and split are the nominal's: checked by the config)."""
         if not (mod.up and mod.aligned):
             return
-        for nominal, varied in zip((*proc.samples, *proc.samples), (*mod.up, *mod.down)):
-            a, b = self.samples[nominal], self.samples[varied]
-            if not a.event_key or a.event_key != b.event_key or a.split != b.split:
-                raise DataError(
-                    f"statmodel modifier {mod.name!r}: variation sample {varied!r} is event-aligned "
-                    f"(aligned: true) but its event_key/split differ from {nominal!r}'s or are empty "
-                    f"({list(b.event_key)} vs {list(a.event_key)}); expected the same event_key and split, "
-                    "or aligned: false")
-            for split in SPLITS:
-                n_nom = ShardSet(self.dirs[nominal], split).rows
-                n_var = ShardSet(self.dirs[varied], split).rows
-                if n_nom != n_var:
-                    raise DataError(
-                        f"statmodel modifier {mod.name!r}: variation sample {varied!r} has {n_var} events "
-                        f"in the {split} split, the nominal {nominal!r} {n_nom}: an event-aligned variation "
-                        "needs the same events (missing or extra events); expected equal counts, or aligned: false")
+        for side in ("up", "down"):
+            for nominal, varied in zip(proc.samples, getattr(mod, side)):
+                for split in SPLITS:
+                    n_nom, n_var = (ShardSet(self.dirs[s], split).rows for s in (nominal, varied))
+                    if n_nom != n_var:
+                        raise DataError(
+                            f"config key '{key}.{side}' = {varied!r}: expected the events of the nominal "
+                            f"{nominal!r} (aligned: true), or aligned: false; the {split} split has {n_var} "
+                            f"events, the nominal's {n_nom} (events missing or extra)")
+
+
+def check_samples(cfg: AnalysisConfig, dirs: Dirs) -> dict:
+    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
+    model before any network trains: event-aligned variations hold the nominal's events, every
+    process has a positive expected yield and every variation a positive yield ratio, data
+    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
+    store = SampleStore(cfg, dirs)
+    nominal, ratios = store.yields()
+    compile_model(cfg.statmodel, nominal, ratios)
+    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
+    return {"yields": {"/".join(k): v for k, v in nominal.items()},
+            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
 
 
 def ratio_tasks(cfg: AnalysisConfig) -> list[dict[str, str]]:

@@ -14,7 +14,6 @@ import torch
 from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
-from hsbi.exceptions import DataError
 from hsbi.inference.fitting import Likelihood, fit, impacts, minos_intervals, profile_scan
 from hsbi.inference.statmodel import (
     DTYPE,
@@ -73,21 +72,6 @@ class Evaluator:
         return ChannelEvents.of(w[None], logp[None], lo[None], hi[None])
 
 
-def _yields(cfg: AnalysisConfig, store: SampleStore) -> tuple[dict, dict]:
-    nominal, ratios = {}, {}
-    for ch in cfg.statmodel.channels:
-        for proc in ch.processes:
-            nom = store.process(ch, proc, None).total
-            nominal[(ch.name, proc.name)] = nom
-            for mod in proc.modifiers:
-                if mod.type != "normplusshape":
-                    continue
-                store.check_alignment(proc, mod)
-                down, up = (store.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
-                ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
-    return nominal, ratios
-
-
 def _subsample(ev: Events, n: int, seed: int) -> Events:
     if len(ev.w) <= n:
         return ev
@@ -98,7 +82,7 @@ def _subsample(ev: Events, n: int, seed: int) -> Events:
 def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[Likelihood, tuple[Evaluator, ...]]:
     """The likelihood object and per-channel evaluators: yields from the samples' weights (all
     splits), the normalisation samples from the test split of each process."""
-    model = compile_model(cfg.statmodel, *_yields(cfg, store))
+    model = compile_model(cfg.statmodel, *store.yields())
     evaluators, norms = [], []
     for k, ch in enumerate(model.channels):
         ev = Evaluator(ch, nets, tuple(model.names[j] for j in ch.shape_index))
@@ -174,8 +158,6 @@ def observed_dataset(cfg: AnalysisConfig, lik: Likelihood, evaluators: Sequence[
         else:
             data = store.data(ch_cfg)
             x, w = data.x, np.ones(len(data.w))
-            if len(x) == 0:
-                raise DataError(f"statmodel channel {ch_cfg.name!r}: the data sample {ch_cfg.data!r} has no events")
         channels.append(ev.events(x, w))
         summary[ch_cfg.name] = {"data": ch_cfg.data, "events": len(x), "sum_weights": float(np.sum(w))}
     aux = torch.as_tensor(lik.model.nominal_aux[None], dtype=DTYPE)

@@ -204,7 +204,7 @@ def compile_model(cfg: StatModelConfig, nominal_yields: Mapping[tuple[str, str],
                     mask[c, shapes.index(names.index(mod.name))] = True
         channels.append(ChannelModel(ch.name, tuple(p.name for p in ch.processes), tuple(ch.features),
                                      nu0, nf, lo, hi, lumi, np.array(shapes, dtype=int), mask))
-    _check_yields(channels)
+    _check_yields(cfg, channels)
     return StatModel(params, tuple(channels), cfg.poi, dict(cfg.truth))
 
 
@@ -215,13 +215,19 @@ def _log_kappa(ratio: float, channel: str, process: str, np_name: str, side: str
     return math.log(ratio)
 
 
-def _check_yields(channels: Sequence[ChannelModel]) -> None:
-    names = {p for ch in channels for p in ch.processes}
-    for proc in sorted(names):
-        total = sum(ch.nu0[ch.processes.index(proc)] for ch in channels if proc in ch.processes)
+def _check_yields(cfg: StatModelConfig, channels: Sequence[ChannelModel]) -> None:
+    """Every process has a positive expected yield in at least one channel."""
+    totals: dict[str, float] = {}
+    keys: dict[str, str] = {}
+    for c, (ch_cfg, ch) in enumerate(zip(cfg.channels, channels)):
+        for p, proc in enumerate(ch_cfg.processes):
+            totals[proc.name] = totals.get(proc.name, 0.0) + float(ch.nu0[p])
+            keys.setdefault(proc.name, f"statmodel.channels[{c}].processes[{p}]")
+    for name, total in totals.items():
         if not total > 0:
-            raise ConfigError(f"statmodel process {proc!r}: its expected yield is {total:g} in every "
-                              "channel; expected a positive yield in at least one")
+            raise ConfigError(f"config key '{keys[name]}' ({name}): the process's expected yield (the sum of its "
+                              f"samples' normalised weights) is {total:g} in every channel; expected a positive "
+                              "yield in at least one channel")
 
 
 @dataclass(frozen=True)

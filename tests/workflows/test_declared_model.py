@@ -1,11 +1,14 @@
 """`law run InferProfileLikelihood --config` on a declared model: the user's own analysis runs
-(never the embedded default), and a samples section without a model is one error line."""
+(never the embedded default), and bad input is one error line before anything trains."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -13,34 +16,91 @@ from hsbi.models.many_np import ManyNP
 from tests.helpers import run_law
 
 FAST = "training.max_epochs=1,training.members=1,inference.scan_points=11"
+#: ingestion in the law process (a dask LocalCluster per sample costs seconds each)
+SYNC = ("--IngestSamples-dask-scheduler", "sync")
+#: the benchmark with its first two shape NPs: both shift feature x0 of the signal (a correlated
+#: pair renormalised together), shape_0 also bkg1's and shape_1 bkg2's; 3 normsys NPs and lumi
+SMALL = ManyNP(shape_effects=ManyNP().shape_effects[:2])
+#: one shape NP (signal and bkg1): 8 samples to ingest where bad input is to stop the run
+TINY = ManyNP(shape_effects=ManyNP().shape_effects[:1])
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], store: Path) -> str:
+    """The run failed with exactly one ``hsbi: error:`` line (luigi puts its ``ERROR: `` level
+    before an error raised in ``run()``), no traceback, and no artifact beyond the ingested
+    samples; returns the line from ``hsbi: error:``."""
+    lines = [line for line in proc.stdout.splitlines() if "hsbi: error:" in line]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-3000:]
+    assert lines[0].removeprefix("ERROR: ").startswith("hsbi: error:"), lines[0]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert {p.parts[-3] for p in store.glob("*/*/manifest.json")} <= {"IngestSamples"}
+    return lines[0].removeprefix("ERROR: ")
 
 
 @pytest.mark.slow
 def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
-    config = ManyNP().write_samples(tmp_path / "samples", seed=2, n_mc_per_process=800,
-                                    data_params={"mu": 1.0, "shape_0": 0.5})
-    proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), "--set", FAST,
-                   "--workers", "2", timeout=1500)
+    config = SMALL.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=800,
+                                 data_params={"mu": 1.0, "shape_0": 0.5})
+    # one worker: luigi runs the tasks in its own process, where torch and Lightning are imported
+    # once (with --workers 2 each TrainRatio branch, in a process of its own, imports them again)
+    proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), "--set", FAST, *SYNC,
+                   timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:]
     (result_dir,) = (tmp_path / "store" / "InferProfileLikelihood").iterdir()
     result = json.loads((result_dir / "result.json").read_text())
     assert result["poi"] == "mu" and result["data"]["SR"]["data"] == "data"
-    assert len(result["parameters"]) == 11 and len(result["impacts"]) == 10
+    # mu, 2 shape NPs, 3 normsys NPs, lumi; every parameter but the POI is a constrained NP
+    assert result["parameters"] == ["mu", "lumi", "norm_2", "shape_0", "shape_1", "norm_0", "norm_1"]
+    assert {i["name"] for i in result["impacts"]} == set(result["parameters"][1:])
     assert set(result["intervals"]["minos"]) == {"68.27", "95"}
     assert abs(result["yields"]["SR/bkg1"] - 500) < 1e-3  # normalised weights: the declared yields
     for name in ("pulls.png", "scan.png", "correlation.png"):
         assert (result_dir / name).stat().st_size > 0
-    # 27 networks: 3 nominal ratios and 24 shape ratios (12 process-NP pairs, up and down)
-    assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 27
+    # 11 networks: 3 nominal ratios and 8 shape ratios (4 process-NP pairs, up and down)
+    assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11
+    (checked,) = (tmp_path / "store" / "CheckDeclaredSamples").iterdir()
+    checks = json.loads((checked / "yields.json").read_text())
+    assert checks["yields"] == pytest.approx({"SR/signal": 100.0, "SR/bkg1": 500.0, "SR/bkg2": 400.0})
+    assert sorted(checks["yield_ratios"]) == ["SR/bkg1/shape_0", "SR/bkg2/shape_1", "SR/signal/shape_0",
+                                              "SR/signal/shape_1"]
+    assert checks["data_events"] == {"SR": result["data"]["SR"]["events"]}
 
 
 def test_samples_without_model_is_an_error(tmp_path: Path) -> None:
-    config = ManyNP().write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
+    config = TINY.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
     data = yaml.safe_load(config.read_text())
     data.pop("statmodel")
     config.write_text(yaml.safe_dump(data))
     proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("hsbi: error:")]
-    assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-2000:]
-    assert "no statmodel" in lines[0]
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("*/*/manifest.json"))
+    assert "no statmodel" in _one_error_line(proc, tmp_path / "store")
+
+
+def _drop_events(samples: Path, cfg: dict) -> None:
+    """The up variation of the signal's shape_0 lacks 5 of the nominal's 50 events."""
+    path = samples / "signal_shape_0_up.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 45), path)
+
+
+def _zero_weights(samples: Path, cfg: dict) -> None:
+    """bkg2 (the only channel's) has zero weights: no expected yield anywhere."""
+    next(s for s in cfg["samples"] if s["name"] == "bkg2")["weight"] = "0 * w"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("edit", "message"), [
+    pytest.param(_drop_events, "hsbi: error: CheckDeclaredSamples: config key 'statmodel.channels[0].processes[0]"
+                 ".modifiers[3].up' = 'signal_shape_0_up': expected the events of the nominal 'signal' (aligned: "
+                 "true), or aligned: false; the ", id="aligned-variation-missing-events"),
+    pytest.param(_zero_weights, "hsbi: error: CheckDeclaredSamples: config key 'statmodel.channels[0].processes[2]' "
+                 "(bkg2): the process's expected yield (the sum of its samples' normalised weights) is 0 in every "
+                 "channel; expected a positive yield in at least one channel", id="zero-yield-process"),
+])
+def test_bad_samples_stop_before_training(tmp_path: Path, edit: Callable[[Path, dict], None], message: str) -> None:
+    """What only the ingested samples show is one error line of CheckDeclaredSamples, before
+    any network trains."""
+    config = TINY.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
+    cfg = yaml.safe_load(config.read_text())
+    edit(config.parent, cfg)
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), *SYNC)
+    assert _one_error_line(proc, tmp_path / "store").startswith(message)
