@@ -238,13 +238,21 @@ def run_fit(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence
 
 def neyman_grid(cfg: AnalysisConfig, fit_result: Mapping) -> np.ndarray:
     """The belt's grid of the POI for a declared model: ``inference.neyman.points`` points over
-    ``mu_hat +- (sqrt(chi2_1^-1(max level)) + 3) sigma_mu`` (the observed fit's HESSE error),
-    within the POI's bounds, rounded to 4 significant digits. The construction needs no grid
-    set by hand: a 95% interval is cut by it with probability P(|Z| > 3) = 0.27%, asymptotically."""
+    ``mu_hat +- (sqrt(chi2_1^-1(max level)) + 3) sigma`` within the POI's bounds, rounded to 4
+    significant digits; ``sigma`` is the larger of the observed fit's HESSE error and the width
+    its MINOS intervals imply (a POI on a bound has a one-sided interval and may have no HESSE
+    error). A 95% interval is cut by such a grid with probability P(|Z| > 3) = 0.27%, asymptotically."""
     from scipy import stats
 
     poi = fit_result["poi"]
-    mu, sigma = fit_result["best_fit"][poi], fit_result["errors"][poi]
+    implied = [(hi - lo) / (2 * math.sqrt(stats.chi2.ppf(float(level) / 100, 1)))
+               for level, (lo, hi) in fit_result["intervals"]["minos"].items()]
+    sigma = max([fit_result["errors"][poi], *implied])
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise DataError(f"statmodel: the observed fit gives no width of {poi!r} (HESSE error "
+                        f"{fit_result['errors'][poi]:g}, MINOS {fit_result['intervals']['minos']}); "
+                        "expected a positive width to size the Neyman grid")
+    mu = fit_result["best_fit"][poi]
     half = (math.sqrt(stats.chi2.ppf(max(cfg.inference.levels), 1)) + 3.0) * sigma
     bounds = fit_result["bounds"][poi]
     lo, hi = max(bounds[0], float(f"{mu - half:.4g}")), min(bounds[1], float(f"{mu + half:.4g}"))

@@ -224,14 +224,17 @@ class Belt:
         """The accepted region ``t_obs(mu) <= t_c(mu)``: its edges interpolated linearly in
         ``t_obs - t_c`` between the last accepted and first rejected grid points, and whether
         the grid truncates it (an end point accepted: the edge is that end)."""
-        d = self.t_observed - self.critical[level]
+        # a failed observed fit (t = +inf) rejects its point; an infinite critical value (more
+        # failed toys than the level leaves out) accepts it
+        with np.errstate(invalid="ignore"):
+            d = np.where(np.isfinite(self.t_observed), self.t_observed - self.critical[level], np.inf)
         ok = np.nonzero(d <= 0)[0]
         if len(ok) == 0:
             return math.nan, math.nan, False
         g = self.grid
 
         def edge(inside: int, outside: int) -> float:
-            if not np.isfinite(d[outside]):
+            if not (np.isfinite(d[outside]) and np.isfinite(d[inside])):
                 return float(g[inside])
             return float(g[inside] + (g[outside] - g[inside]) * d[inside] / (d[inside] - d[outside]))
         lo = float(g[0]) if ok[0] == 0 else edge(ok[0], ok[0] - 1)

@@ -58,6 +58,20 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
         assert (result_dir / name).stat().st_size > 0
     # 11 networks: 3 nominal ratios and 8 shape ratios (4 process-NP pairs, up and down)
     assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11
+    # the Neyman belt of the same model (networks and fit reused): 3 points, 12 toys each
+    belt_set = FAST + ",inference.neyman.points=3,inference.neyman.toys=12"
+    proc = run_law(tmp_path / "store", "ConfidenceBelt", "--config", str(config), "--set", belt_set, *SYNC,
+                   timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11  # nothing retrained
+    assert len(list((tmp_path / "store" / "DeclaredNeymanToys").iterdir())) == 3
+    (belt_dir,) = (tmp_path / "store" / "ConfidenceBelt").iterdir()
+    belt = json.loads((belt_dir / "belt.json").read_text())
+    mu_hat = result["best_fit"]["mu"]
+    assert len(belt["grid"]) == 3 and belt["toys"] == 12 and set(belt["critical"]) == {"68.27", "95"}
+    assert belt["grid"][0] <= mu_hat < belt["grid"][-1]  # around mu_hat (a bound may cut it)
+    assert set(belt["intervals"]) == {"68.27", "95"} and belt["minos"] == result["intervals"]["minos"]
+    assert (belt_dir / "belt.png").stat().st_size > 0
     (checked,) = (tmp_path / "store" / "CheckDeclaredSamples").iterdir()
     checks = json.loads((checked / "yields.json").read_text())
     assert checks["yields"] == pytest.approx({"SR/signal": 100.0, "SR/bkg1": 500.0, "SR/bkg2": 400.0})
