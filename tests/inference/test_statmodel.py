@@ -12,8 +12,9 @@ import yaml
 from hsbi.config.loader import load_config
 from hsbi.exceptions import ConfigError
 from hsbi.inference.fitting import Likelihood, fit
-from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation, compile_model
+from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation
 from hsbi.models.many_np import ManyNP
+from tests.inference.many_np_exact import exact_model
 
 SIM = ManyNP()
 #: nominal events per process renormalising the shape product: the tests against the exact
@@ -38,27 +39,8 @@ def _benchmark(tmp: Path, n_norm: int) -> tuple:
     (normalisation: ``n_norm`` events per process), and a dataset thrown at mu = 1,
     shape_0 = 0.5, norm_1 = -0.7."""
     torch.set_num_threads(1)
-    path = SIM.write_samples(tmp, seed=3, n_mc_per_process=500,
-                             data_params={"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7})
-    sm = load_config(path).statmodel
-    nominal = {("SR", p): SIM.yields({})[p] for p in SIM.processes}
-    ratios = {("SR", proc.name, mod.name): tuple(SIM.yields({mod.name: a})[proc.name] / nominal[("SR", proc.name)]
-                                                 for a in (-1.0, 1.0))
-              for proc in sm.channels[0].processes for mod in proc.modifiers if mod.type == "normplusshape"}
-    model = compile_model(sm, nominal, ratios)
+    model, terms, path = exact_model(SIM, tmp, 500, {"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7})
     ch = model.channels[0]
-    names = [model.names[j] for j in ch.shape_index]
-
-    def terms(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        logp = np.stack([SIM.log_density(x, p, {}) for p in ch.processes], -1)
-        lo, hi = np.zeros((len(x), *ch.shape_mask.shape)), np.zeros((len(x), *ch.shape_mask.shape))
-        for c, p in enumerate(ch.processes):
-            for s, n in enumerate(names):
-                if ch.shape_mask[c, s]:
-                    lo[:, c, s] = SIM.log_density(x, p, {n: -1.0}) - logp[:, c]
-                    hi[:, c, s] = SIM.log_density(x, p, {n: 1.0}) - logp[:, c]
-        return logp, lo, hi
-
     rng = np.random.default_rng(5)
     ws, los, his = [], [], []
     for c, p in enumerate(ch.processes):

@@ -10,9 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-from hsbi.config.loader import load_config
 from hsbi.inference.fitting import Likelihood, fit
-from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation, compile_model
+from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation
 from hsbi.inference.toys import (
     PoolChannel,
     ToyPool,
@@ -25,6 +24,7 @@ from hsbi.inference.toys import (
     toy_t,
 )
 from hsbi.models.many_np import ManyNP
+from tests.inference.many_np_exact import exact_model
 
 SIM = ManyNP()
 TRUTH = {"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7}
@@ -35,19 +35,8 @@ N_POOL = 3000  # pool and normalisation events per process
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """The exact likelihood, a pool of nominal events per process and the exact terms maker."""
     torch.set_num_threads(1)
-    path = SIM.write_samples(tmp_path_factory.mktemp("mnp"), seed=3, n_mc_per_process=20, data_params=TRUTH)
-    sm = load_config(path).statmodel
-    nominal = {("SR", p): SIM.yields({})[p] for p in SIM.processes}
-    ratios = {("SR", proc.name, mod.name): tuple(SIM.yields({mod.name: a})[proc.name] / nominal[("SR", proc.name)]
-                                                 for a in (-1.0, 1.0))
-              for proc in sm.channels[0].processes for mod in proc.modifiers if mod.type == "normplusshape"}
-    model = compile_model(sm, nominal, ratios)
+    model, terms, _ = exact_model(SIM, tmp_path_factory.mktemp("mnp"), 20, TRUTH)
     ch = model.channels[0]
-    names = tuple(model.names[j] for j in ch.shape_index)
-
-    def terms(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return SIM.ratio_terms(x, ch.processes, names, ch.shape_mask)
-
     rng = np.random.default_rng(5)
     xs = [SIM.sample(rng, p, N_POOL) for p in ch.processes]
     t = [terms(x) for x in xs]
