@@ -218,14 +218,20 @@ def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
     model, poi = lik.model, lik.model.poi
     aux = data.aux[0].numpy()
     nps = [j for j, p in enumerate(model.parameters) if p.constrained and not p.fixed]
-    # all 4 conditional fits per NP (pre-/post-fit width, up/down) as one batched Newton fit
+    # all 4 conditional fits per NP (pre-/post-fit width, up/down) as one batched Newton fit,
+    # each started at the covariance's linear response to the shift (the conditional minimum of
+    # the quadratic approximation: Newton then needs an iteration or two, not five or six)
+    cov = best.covariance if best.covariance is not None else np.diag(best.errors**2)
+    bounds = model.bounds
     starts, held = [], []
     for j in nps:
         p = model.parameters[j]
         for width in (p.sigma, best.errors[j]):
             for sign in (+1, -1):
-                start = best.values.copy()
-                start[j] = float(np.clip(best.values[j] + sign * width, *p.bounds))
+                shift = float(np.clip(best.values[j] + sign * width, *p.bounds)) - best.values[j]
+                start = best.values + (cov[:, j] / cov[j, j] * shift if cov[j, j] > 0 else 0.0)
+                start = np.clip(start, bounds[:, 0], bounds[:, 1])
+                start[j] = best.values[j] + shift
                 starts.append(start)
                 held.append(np.arange(len(start)) == j)
     rows = torch.zeros(len(starts), dtype=torch.long)
