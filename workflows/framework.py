@@ -17,7 +17,7 @@ from typing import Any
 import law
 import luigi
 
-from hsbi.config import AnalysisConfig, load_config
+from hsbi.config import DEFAULT_CONFIG, AnalysisConfig, load_config
 from hsbi.config.loader import split_overrides
 from hsbi.exceptions import HSBIError
 from hsbi.models import MODELS
@@ -47,6 +47,26 @@ class _OneLineUserErrors(logging.Filter):
 
 
 logging.getLogger("luigi-interface").addFilter(_OneLineUserErrors())
+
+
+@functools.lru_cache(maxsize=32)
+def _load_analysis(config: str, overrides: tuple[str, ...], stamp: tuple | None) -> AnalysisConfig:
+    """``load_config`` once per process for a config file as it is (``stamp``: its resolved path,
+    size and times): every task of a workflow, e.g. each of 1,000 branches, reads the same file;
+    the config is frozen dataclasses, so tasks share it."""
+    return load_config(config, overrides)
+
+
+def _config_stamp(config: str) -> tuple | None:
+    """The resolved path, size, mtime and ctime of a config file (None where it cannot be read:
+    load_config then names the problem)."""
+    path = DEFAULT_CONFIG if config in ("", "default") else Path(config).expanduser()
+    try:
+        path = path.resolve()
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def _store_root() -> str:
@@ -193,7 +213,9 @@ class HSBITask(law.Task):
 
     @cached_property
     def analysis(self) -> AnalysisConfig:
-        return load_config(self.config, tuple(self.set))
+        config, overrides = str(self.config), tuple(self.set)
+        stamp = _config_stamp(config)
+        return load_config(config, overrides) if stamp is None else _load_analysis(config, overrides, stamp)
 
     @cached_property
     def store(self) -> Store:

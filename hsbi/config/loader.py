@@ -132,11 +132,16 @@ def _convert_field(field: dataclasses.Field, tp: Any, value: Any, key: str) -> A
         raise ConfigError(f"{err}; {hint}" if hint else str(err)) from None
 
 
+#: libyaml's safe loader where PyYAML has it (~10x faster than the pure-Python one on a config
+#: with hundreds of samples); the same constructors, so the same values
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (use 'default' for the embedded one)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
