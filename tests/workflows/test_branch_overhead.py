@@ -63,3 +63,20 @@ def test_a_config_is_read_again_once_changed(tmp_path, config):
         assert TrainRatio(config=str(path)).analysis.training.seed == seed
     Register.clear_instance_cache()
     assert TrainRatio(config=str(path)).analysis is TrainRatio(config=str(path), branch=0).analysis
+
+
+def test_the_task_modules_import_nothing_heavy():
+    """What `law index`, `--print-status` and completeness checks import: no torch, Lightning,
+    Ray or scipy.stats (seconds of start-up on every law command)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT, law_env
+
+    code = ("import sys, workflows.tasks, workflows.ingest, workflows.tune, workflows.study, workflows.sets, "
+            "workflows.statmodel; print(sorted(m for m in ('torch', 'lightning', 'ray', 'scipy.stats') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], env=law_env(ROOT / "store"), cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
