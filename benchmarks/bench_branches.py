@@ -16,20 +16,22 @@ For each model, on its own store, three numbers are timed, each in a fresh proce
 3. a no-op ``law run TrainRatio --config ...`` when every branch is complete; the store must
    hold exactly the same artifacts afterwards (checked).
 
-The outputs are PLACED, NOT TRAINED: training 1,000 networks on every run of a benchmark of the
-workflow overhead is not worth the machine time on 2 cores (the first ``--train`` branches of each
-model are trained for real by ``law run``, and their production seconds, from their manifests, are
-printed for scale). The samples are ingested for real (IngestSamples.run, dask ``sync``), before
-that. Every other TrainRatio branch is completed by the task's own
+The outputs are PLACED, NOT TRAINED. The samples are ingested for real (IngestSamples.run, dask
+``sync``) and the first ``--train`` branches of each model are trained for real by ``law run``
+(their production seconds, from the manifests, are printed for scale: ~1 s a branch once
+Lightning is imported, so training all 1,020 would add ~20 minutes to every run of a benchmark
+of the workflow overhead). Every other TrainRatio branch is completed by the task's own
 ``write()`` (the store's writer, at the address the task computes from its inputs, parameters
-and code), with only a ``report.json`` saying it was placed. So (3) measures the workflow
-overhead only: law start-up, the DAG, addresses and store checks. Those placed artifacts are
-not loadable networks (FitDeclaredModel would fail on them); the stores are scratch.
+and code) with only a ``report.json`` saying it was placed. So (3) measures the workflow
+overhead only: law start-up, the DAG, addresses and store checks. The placed artifacts are not
+loadable networks (FitDeclaredModel would fail on them); the stores are scratch.
 
     python benchmarks/bench_branches.py [--processes 10 --nps 25 --members 2] [--repeat 2]
-        [--workdir DIR] [--out reports/branches] [--timeout 1800]
+        [--workdir DIR] [--out reports/branches] [--before OLD/results.json] [--notes FILE.md]
 
-Writes ``REPORT.md`` and ``results.json`` to ``--out``.
+Writes ``REPORT.md`` and ``results.json`` to ``--out`` (the report as committed: ``--before
+reports/branches/results_before.json --notes reports/branches/fixes.md``). About 15 minutes on
+2 shared cores, mostly ingesting the 510 samples and writing the 1,018 placed artifacts.
 """
 
 from __future__ import annotations
@@ -286,6 +288,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2, help="branches trained for real, for scale")
     parser.add_argument("--before", type=Path, default=None,
                         help="results.json of a run on earlier code, shown in the report")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help="a Markdown file appended to the report (e.g. what was fixed)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs of each timing")
     parser.add_argument("--workdir", type=Path, default=None, help="keep samples and stores here")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "branches")
@@ -317,7 +321,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(meta, indent=1) + "\n")
     before = json.loads(args.before.read_text()) if args.before else None
-    (args.out / "REPORT.md").write_text(report(meta, rows, before))
+    notes = args.notes.read_text() if args.notes else ""
+    (args.out / "REPORT.md").write_text(report(meta, rows, before) + (f"\n{notes}" if notes else ""))
     print(f"wrote {args.out / 'REPORT.md'} and results.json")
 
 
@@ -349,9 +354,10 @@ def report(meta: dict, rows: list[str], before: dict | None) -> str:
         lines += ["", (f"For scale, the first {trained['branches']} branches of the {large['branches']}-branch "
                        "model were trained for real by `law run` (max_epochs 1, 60 events per sample): "
                        f"production {', '.join(f'{s:.1f}' for s in trained['production_s'])} s (the slowest "
-                       f"imports Lightning), `law run` {trained['law_run_s']:.0f} s in all. At {warm:.1f} s "
-                       f"a branch plus the artifact write, training all {large['branches']} is "
-                       "minutes of this machine per run of the benchmark, for no change in what is measured.")]
+                       f"imports Lightning), `law run` {trained['law_run_s']:.0f} s in all. At {warm:.1f} s a "
+                       f"branch (training and artifact write), training all {large['branches']} would take "
+                       f"~{large['branches'] * warm / 60:.0f} min on every run, for no change in what is "
+                       "measured here.")]
     lines += ["", *rows, "",
               ("Columns: *branch map*: `TrainRatio(config=...)` and `get_branch_map()` (config read and "
                "validated, create_branch_map); *branch tasks*: `get_branch_tasks()`; *addresses*: every "
