@@ -214,7 +214,7 @@ def measure(name: str, shape: tuple[int, int, int], workdir: Path, args: argpars
     print(f"[{name}] ingested {result['ingest']['ingested']} samples ({result['ingest']['ingest_s']:.0f} s)",
           flush=True)
     if args.train:  # the first branches for real, for scale (production seconds from their manifests)
-        seconds, _ = timed_law(config, store, "--branches", f"0:{args.train}", *LAW_ARGS, timeout=args.timeout)
+        seconds, _, _ = timed_law(config, store, "--branches", f"0:{args.train}", *LAW_ARGS, timeout=args.timeout)
         trained = [json.loads(p.read_text()) for p in (store / "TrainRatio").glob("*/manifest.json")]
         result["trained"] = {"branches": len(trained), "law_run_s": seconds,
                              "production_s": sorted((m.get("seconds", 0.0) for m in trained), reverse=True)}
