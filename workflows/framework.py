@@ -51,22 +51,21 @@ logging.getLogger("luigi-interface").addFilter(_OneLineUserErrors())
 
 @functools.lru_cache(maxsize=32)
 def _load_analysis(config: str, overrides: tuple[str, ...], stamp: tuple | None) -> AnalysisConfig:
-    """``load_config`` once per process for a config file as it is (``stamp``: its resolved path,
-    size and times): every task of a workflow, e.g. each of 1,000 branches, reads the same file;
-    the config is frozen dataclasses, so tasks share it."""
+    """``load_config`` once per process for a config file as it is (``stamp``): every task of a
+    workflow, e.g. each of 1,000 branches, reads the same file; the config is frozen
+    dataclasses, so tasks share it."""
     return load_config(config, overrides)
 
 
 def _config_stamp(config: str) -> tuple | None:
-    """The resolved path, size, mtime and ctime of a config file (None where it cannot be read:
-    load_config then names the problem)."""
-    path = DEFAULT_CONFIG if config in ("", "default") else Path(config).expanduser()
+    """The device, inode, size, mtime and ctime of a config file: the file and its version (None
+    where it cannot be read: load_config then names the problem)."""
+    path = DEFAULT_CONFIG if config in ("", "default") else os.path.expanduser(config)
     try:
-        path = path.resolve()
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return None
-    return str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def _store_root() -> str:
