@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import operator
 import types
@@ -98,8 +99,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {key}")
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` once per class (it evaluates every annotation: half the time of
+    reading a config of 500 samples, one call per sample)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
