@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,14 @@ class IngestSamples(HSBIWorkflow):
         except HSBIError as err:
             raise UserError(f"{self.task_family}: {err}") from None
         return branches
+
+    @cached_property
+    def sample_branches(self) -> dict[str, list[int]]:
+        """The branch numbers of each sample (its file groups)."""
+        out: dict[str, list[int]] = {}
+        for branch, data in self.get_branch_map().items():
+            out.setdefault(data["sample"], []).append(branch)
+        return out
 
     def branch_params(self) -> dict[str, Any]:
         """The branch data without ``paths``: the address follows content, not location."""

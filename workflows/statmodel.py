@@ -14,10 +14,13 @@ __all__ = ["CheckDeclaredSamples", "DeclaredBelt", "DeclaredNeymanToys", "FitDec
 
 
 def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
-    """IngestSamples branches of ``samples`` (all if None), keyed ``sample:group``."""
-    ingest = IngestSamples.req(task, branch=-1)
-    return {f"{d['sample']}:{d['group']}": IngestSamples.req(task, branch=b)
-            for b, d in ingest.get_branch_map().items() if samples is None or d["sample"] in samples}
+    """IngestSamples branches of ``samples`` (all if None), keyed ``sample:group`` (made once for
+    all branches of a workflow, see ``shared_req``)."""
+    ingest = task.shared_req(IngestSamples, branch=-1)
+    branch_map, by_sample = ingest.get_branch_map(), ingest.sample_branches
+    branches = sorted(b for name in (by_sample if samples is None else samples) for b in by_sample.get(name, ()))
+    return {f"{branch_map[b]['sample']}:{branch_map[b]['group']}": task.shared_req(IngestSamples, branch=b)
+            for b in branches}
 
 
 def ingested_dirs(reqs: dict[str, HSBITask]) -> dict[str, list]:

@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
-from scipy.stats import norm
 
 from hsbi.exceptions import DataError
 from hsbi.models.on_off import OnOffMixture
@@ -145,6 +144,8 @@ class BumpHunt(SetModel):
         s = self.signal_sigma
         m = np.arange(x.min() - 8 * s, x.max() + 8 * s + s / 20, s / 10)
         h = s / 10  # midpoint rule: node m_j stands for [m_j - h/2, m_j + h/2]
+        from scipy.stats import norm  # here: importing scipy.stats costs every law command ~1.5 s
+
         prior = norm(self.m_mean, self.m_sigma)
         outside = prior.cdf(m[0] - h / 2) + prior.sf(m[-1] + h / 2)
         sig = _log_normal(x[None, :], m[:, None], s)  # (M, n)

@@ -228,7 +228,14 @@ def _major_minor(name: str) -> str:
 
 def package_key(names: Iterable[str] = ADDRESS_PACKAGES) -> str:
     """A hash (8 hex) of Python's and the named packages' major.minor versions: a new minor
-    release of a library that computes numbers makes new addresses, a patch release does not."""
+    release of a library that computes numbers makes new addresses, a patch release does not.
+    Cached per process (every address needs it; ``metadata.version`` scans the installed
+    distributions, ~10 ms a package) for the ``metadata.version`` in use (tests replace it)."""
+    return _package_key(tuple(sorted(set(names))), metadata.version)
+
+
+@lru_cache(maxsize=None)
+def _package_key(names: tuple[str, ...], version: Callable[[str], str]) -> str:
     python = f"python {sys.version_info[0]}.{sys.version_info[1]}"
-    text = ";".join([python, *(f"{n} {_major_minor(n)}" for n in sorted(set(names)))])
+    text = ";".join([python, *(f"{n} {_major_minor(n)}" for n in names)])
     return hashlib.sha256(text.encode()).hexdigest()[:8]
