@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("reports/statmodel"))
+    parser.add_argument("--only", choices=("trained", "exact"), help="one likelihood only")
     args = parser.parse_args()
     from hsbi.inference.statmodel import DTYPE, Dataset
     from hsbi.inference.toys import concat, coverage, t_statistic, toy_t
@@ -95,6 +96,8 @@ def main() -> None:
     thrown = [sim.sample_toy(rng, TRUTH) for _ in range(args.datasets)]
     summary = {"datasets": args.datasets, "reference_toys": args.reference, "set": args.set, "truth": TRUTH,
                "normalisation_events": cfg.statmodel.normalisation_events}
+    if args.only:
+        liks = {args.only: liks[args.only]}
     for name, (lik, ev, pool) in liks.items():
         t0 = time.time()
         parts = []
