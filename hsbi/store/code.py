@@ -59,14 +59,25 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+#: the fields holding statement lists: docstrings live only in bodies of statements
+_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
+_BLOCK_NODES = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
+    todo = [tree]  # statements only: defs (and so docstrings) are never inside expressions
+    while todo:
+        node = todo.pop()
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
             first = body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
                     and isinstance(first.value.value, str):
                 node.body = body[1:] or [ast.Pass()]
+        for field in _BLOCKS:
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                todo.extend(child for child in block if isinstance(child, _BLOCK_NODES))
     return tree
 
 
@@ -126,6 +137,18 @@ def _import_refs(node: ast.Import | ast.ImportFrom, package: str) -> Iterator[tu
             yield "*", (base, None)
         else:
             yield alias.asname or alias.name, (base, alias.name)
+
+
+@lru_cache(maxsize=None)
+def _refs_of(module: str, index: int) -> tuple[Ref, ...]:
+    """:func:`_statement_refs`, once per statement (task classes share most of their closures)."""
+    return tuple(_statement_refs(_parse(module), index))
+
+
+@lru_cache(maxsize=None)
+def _dump(module: str, index: int) -> bytes:
+    """What a statement adds to a code version: its syntax tree as text."""
+    return ast.dump(_parse(module).statements[index]).encode()
 
 
 def _statement_refs(mod: _Module, index: int) -> Iterator[Ref]:
@@ -189,7 +212,7 @@ def code_closure(refs: Iterable[str], roots: Iterable[str], skip: Skip | None = 
             included[module].add(index)
             if isinstance(mod.statements[index], (ast.Import, ast.ImportFrom)) and name is None:
                 todo.extend(ref for _, ref in _import_refs(mod.statements[index], mod.package))
-            todo.extend(_statement_refs(mod, index))
+            todo.extend(_refs_of(module, index))
     return {m: sorted(ix) for m, ix in included.items() if ix}
 
 
@@ -205,16 +228,17 @@ def code_version(*refs: str, roots: Iterable[str] = (), skip: Skip | None = None
 def _code_version(refs: tuple[str, ...], roots: frozenset[str], skip: Skip | None) -> str:
     digest = hashlib.sha256()
     for module, indices in sorted(code_closure(refs, roots, skip).items()):
-        mod = _parse(module)
         digest.update(module.encode() + b"\0")
         for index in indices:
-            digest.update(ast.dump(mod.statements[index]).encode() + b"\0")
+            digest.update(_dump(module, index) + b"\0")
     return digest.hexdigest()[:16]
 
 
 def clear_code_cache() -> None:
     """Forget parsed sources (after editing a module in the same process)."""
     _code_version.cache_clear()
+    _refs_of.cache_clear()
+    _dump.cache_clear()
     _parse.cache_clear()
     _module_file.cache_clear()
 
