@@ -57,7 +57,7 @@ class CheckDeclaredSamples(HSBITask):
         return _ingest_branches(self, self.analysis.statmodel.sample_names())
 
     def run(self) -> None:
-        from hsbi.data.statmodel import check_samples
+        from hsbi.inference.declared import check_samples
 
         summary = self.run_hsbi(check_samples, self.analysis, ingested_dirs(self.requires()))
         with self.write() as out:

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from hsbi.config.schema import AnalysisConfig
-from hsbi.config.statmodel import GENERATED_DATA, ChannelConfig, ModifierConfig, ProcessConfig
+from hsbi.config.statmodel import ChannelConfig, ModifierConfig, ProcessConfig
 from hsbi.data.ingest.split import SPLITS
 from hsbi.data.ingest.tensors import ShardSet
 from hsbi.exceptions import DataError
-from hsbi.inference.statmodel import compile_model
 
-__all__ = ["Events", "SampleStore", "check_samples", "ratio_tasks"]
+__all__ = ["Events", "SampleStore", "ratio_tasks"]
 
 Dirs = Mapping[str, Sequence[str | Path]]
 
@@ -119,19 +118,6 @@ class SampleStore:
                             f"config key '{key}.{side}' = {varied!r}: expected the events of the nominal "
                             f"{nominal!r} (aligned: true), or aligned: false; the {split} split has {n_var} "
                             f"events, the nominal's {n_nom} (events missing or extra)")
-
-
-def check_samples(cfg: AnalysisConfig, dirs: Dirs) -> dict:
-    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
-    model before any network trains: event-aligned variations hold the nominal's events, every
-    process has a positive expected yield and every variation a positive yield ratio, data
-    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
-    store = SampleStore(cfg, dirs)
-    nominal, ratios = store.yields()
-    compile_model(cfg.statmodel, nominal, ratios)
-    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
-    return {"yields": {"/".join(k): v for k, v in nominal.items()},
-            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
 
 
 def ratio_tasks(cfg: AnalysisConfig) -> list[dict[str, str]]:

@@ -14,6 +14,7 @@ import torch
 from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
+from hsbi.exceptions import DataError
 from hsbi.inference.fitting import Likelihood, fit, impacts, minos_intervals, profile_scan
 from hsbi.inference.statmodel import (
     DTYPE,
@@ -28,7 +29,7 @@ from hsbi.inference.statmodel import (
 from hsbi.inference.toys import PoolChannel, ToyPool
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "belt_summary", "build", "load_nets", "neyman_grid", "neyman_point",
+__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_samples", "load_nets", "neyman_grid", "neyman_point",
            "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
 
 #: (channel, process, np, side) -> ensemble members
@@ -101,6 +102,21 @@ def normalisation_samples(cfg: AnalysisConfig, store: SampleStore, channel: int)
             sample = Events(np.zeros((1, len(ch_cfg.features)), np.float32), np.ones(1))
         out.append(sample)
     return out
+
+
+def check_samples(cfg: AnalysisConfig, dirs: Mapping[str, Sequence]) -> dict:
+    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
+    model before any network trains: event-aligned variations hold the nominal's events, every
+    process has a positive expected yield and every variation a positive yield ratio, data
+    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
+    from hsbi.config.statmodel import GENERATED_DATA
+
+    store = SampleStore(cfg, dirs)
+    nominal, ratios = store.yields()
+    compile_model(cfg.statmodel, nominal, ratios)
+    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
+    return {"yields": {"/".join(k): v for k, v in nominal.items()},
+            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
 
 
 def toy_pool(cfg: AnalysisConfig, evaluators: Sequence[Evaluator], store: SampleStore) -> ToyPool:
