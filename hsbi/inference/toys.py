@@ -188,12 +188,6 @@ def critical_value(t: np.ndarray, level: float) -> float:
     return float(t[min(max(j, 0), len(t) - 1)])
 
 
-def _throw_in_chunks(lik: Likelihood, pool: ToyPool, theta: np.ndarray, n: int, rng: np.random.Generator,
-                     chunk: int) -> list[Dataset]:
-    """``n`` toys at one point ``theta`` (P,), thrown ``chunk`` at a time."""
-    return [pool.throw(lik, np.tile(theta, (min(chunk, n - k), 1)), rng) for k in range(0, n, chunk)]
-
-
 def toy_t(lik: Likelihood, pool: ToyPool, theta: np.ndarray, n: int, seed: int, chunk: int = 64,
           log: Callable[[str], None] | None = None) -> TStatistic:
     """``t(mu)`` of ``n`` toys thrown at ``theta`` (P,), ``mu`` its POI: each toy is fitted
@@ -201,7 +195,10 @@ def toy_t(lik: Likelihood, pool: ToyPool, theta: np.ndarray, n: int, seed: int, 
     rng = np.random.default_rng(seed)
     mu = float(theta[lik.model.poi_index])
     parts = []
-    for k, toys in enumerate(_throw_in_chunks(lik, pool, theta, n, rng, chunk)):
+    for k, start in enumerate(range(0, n, chunk)):
+        # thrown chunk by chunk as they are fitted (the fits draw no random numbers): one chunk
+        # of per-event terms in memory, not all n toys (~1 MB a toy at 1,000 events)
+        toys = pool.throw(lik, np.tile(theta, (min(chunk, n - start), 1)), rng)
         parts.append(t_statistic(lik, toys, mu, np.tile(theta, (toys.batch, 1)), chunk))
         if log:
             log(f"toys at {lik.model.poi} = {mu:.4g}: {min(n, (k + 1) * chunk)}/{n}")
