@@ -64,8 +64,8 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         # every row evaluates once per iteration: the value at a trial point decides whether it
         # is accepted (its gradient and Hessian then give the next step) or the step is halved
         rows = torch.nonzero(~done).squeeze(1)
-        sub, th = data.take(rows), theta[rows]
-        f_new, g, H = nll_grad_hess(model, lik.norms, sub, th)
+        th = theta[rows]
+        f_new, g, H = nll_grad_hess(model, lik.norms, data, th, rows=rows.numpy())
         worse = ~(f_new <= f[rows] + 1e-10)
         if bool(worse.any()):
             bad = rows[worse]

@@ -10,14 +10,23 @@ normfactor product ``F_c``, ``lambda_i = sum_c F_c exp(q_ic)``. With ``D_ic = dq
 
 with ``E_ic`` the second derivatives of ``q_ic``: diagonal in theta, except the normalisation's
 ``-d^2 log N_c``, a covariance over the normalisation sample (:func:`_norm_terms`), exact per
-dataset. Cost per dataset: ``n x C x P^2`` (events) plus ``n_norm x C x S^2`` (normalisation) for
-the Hessian, ``(n + n_norm) x C x S`` for the value and gradient.
+dataset.
+
+The sums over events and over the normalisation sample run in fused loops
+(:mod:`hsbi.inference.kernels`) that return sufficient statistics; with ``D_ic = a_c + e_ic``
+(``a_c = dG_c - J_c`` the same for all events, ``e_ic`` the event's shape derivatives over the
+process's own NPs) and ``g_i = M u_i + E_i`` (``M = [Q_c, a_c]``, ``u_i = (R_i, T_i)``,
+``E_i = sum_c T_ic e_ic``) every event-level outer product above reduces to sums of size
+``(2C + S)^2``. Cost per dataset: ``n x (2C + S)^2`` (events) plus ``n_norm x sum_c S_c^2``
+(normalisation) for the Hessian, ``(n + n_norm) x sum_c S_c`` for value and gradient. The tensor
+expressions (``reference=True``) stay as the cross-check the tests compare with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from hsbi.inference.statmodel import (
@@ -92,11 +101,12 @@ def _yield_terms(ch: ChannelModel, theta: torch.Tensor) -> tuple[torch.Tensor, .
     return F, Q, F2, logG, dG, d2G
 
 
-def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, theta: torch.Tensor,
-             curvature: torch.Tensor | None, hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _channel_reference(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, theta: torch.Tensor,
+                       hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The channel's value, gradient and Hessian as tensor expressions (the cross-check)."""
     B, P = theta.shape
     F, Q, F2, logG, dG, d2G = _yield_terms(ch, theta)
-    log_norm, J, K = _norm_terms(ch, norm, theta, P, hessian and curvature is None)
+    log_norm, J, K = _norm_terms(ch, norm, theta, P, hessian)
     D = (dG - J)[:, None, :, :].expand(B, events.w.shape[1], -1, -1).clone()  # (B, n, C, P)
     q = events.logp + (logG - log_norm)[:, None, :]
     if len(ch.shape_index):
@@ -130,10 +140,73 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, theta
     if len(ch.shape_index):
         E[..., ch.shape_index] += d2L
     H = H - torch.diag_embed(torch.einsum("bnc,bncp->bp", wT, E))
-    if curvature is not None:  # d^2 log N_c enters q_ic with a minus sign
-        H = H + torch.einsum("bc,cpq->bpq", wT.sum(1), curvature)
+    H = H + torch.einsum("bc,bcpq->bpq", wT.sum(1), K)  # d^2 log N_c enters q_ic with a minus sign
+    return value, grad, H
+
+
+def _yield_hessian(G: torch.Tensor, Y: torch.Tensor, Q: torch.Tensor, F2: torch.Tensor, dG: torch.Tensor,
+                   d2G: torch.Tensor) -> torch.Tensor:
+    """The Hessian of ``sum_c nu_c`` (B, P, P)."""
+    H = torch.einsum("bc,bcpq->bpq", G, F2) + torch.einsum("bc,bcp,bcq->bpq", G, Q, dG)
+    H = H + H.transpose(1, 2) - torch.einsum("bc,bcpq->bpq", G, F2)  # F2 counted once
+    return H + torch.einsum("bc,bcp,bcq->bpq", Y, dG, dG) + torch.diag_embed((Y[..., None] * d2G).sum(1))
+
+
+def _scatter(x: torch.Tensor, index: torch.Tensor, P: int) -> torch.Tensor:
+    """``x`` (..., S) placed at positions ``index`` of a last axis of ``P``."""
+    out = torch.zeros(*x.shape[:-1], P, dtype=DTYPE)
+    out[..., index] = x
+    return out
+
+
+def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows: np.ndarray, theta: torch.Tensor,
+             hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The channel's value, gradient and Hessian from the fused kernels' sums (datasets ``rows``
+    of ``events``, one per row of ``theta``)."""
+    from hsbi.inference.kernels import event_sums, norm_sums
+
+    B, P = theta.shape
+    C, S = len(ch.processes), len(ch.shape_index)
+    F, Q, F2, logG, dG, d2G = _yield_terms(ch, theta)
+    own, counts = ch.own_shapes
+    idx = torch.as_tensor(ch.shape_index, dtype=torch.long)
+    alpha = np.ascontiguousarray(theta.numpy()[:, ch.shape_index])
+    J, K = torch.zeros(B, C, P, dtype=DTYPE), None
+    if S:
+        log_norm, mean, second = (torch.from_numpy(a) for a in norm_sums(alpha, *norm.kernel_arrays(own, counts), own, counts,
+                                                                          hessian))
+        J[..., idx] = mean
+        if hessian:
+            K = torch.zeros(B, C, P, P, dtype=DTYPE)
+            K[:, :, idx[:, None], idx[None, :]] = second
     else:
-        H = H + torch.einsum("bc,bcpq->bpq", wT.sum(1), K)
+        log_norm = torch.zeros(B, C, dtype=DTYPE)
+    arrays = (np.ascontiguousarray(t.numpy()) for t in (events.w, events.logp, events.lo, events.hi, events.coef))
+    sums = event_sums(rows, alpha, (logG - log_norm).numpy(), F.numpy(), *arrays, own, counts, hessian)
+    loglam, sR, sT, sTe, sRe, sTee, sTd2, suu, suE, sEE = (torch.from_numpy(a) for a in sums)
+    G = torch.exp(logG)
+    Y = F * G
+    a = dG - J  # (B, C, P): the event-independent part of dq_ic
+    Te = _scatter(sTe, idx, P)  # (B, C, P)
+    value = Y.sum(-1) - loglam
+    sum_g = torch.einsum("bc,bcp->bp", sR, Q) + torch.einsum("bc,bcp->bp", sT, a) + Te.sum(1)
+    grad = (Y[..., None] * dG + G[..., None] * Q).sum(1) - sum_g
+    if not hessian:
+        return value, grad, None
+    H = _yield_hessian(G, Y, Q, F2, dG, d2G) - torch.einsum("bc,bcpq->bpq", sR, F2)
+    RD = sR[..., None] * a + _scatter(sRe, idx, P)  # sum_i w R_ic D_ic
+    cross = torch.einsum("bcp,bcq->bpq", Q, RD)
+    aTe = torch.einsum("bcp,bcq->bpq", a, Te)
+    DD = torch.einsum("bc,bcp,bcq->bpq", sT, a, a) + aTe + aTe.transpose(1, 2)  # sum_ic w T D D^T ...
+    DD[:, idx[:, None], idx[None, :]] += sTee  # ... with its shape block
+    M = torch.cat([Q, a], dim=1)  # (B, 2C, P)
+    ME = torch.einsum("bxp,bxq->bpq", M, _scatter(suE, idx, P))
+    gg = torch.einsum("bxp,bxy,byq->bpq", M, suu, M) + ME + ME.transpose(1, 2)  # sum_i w g_i g_i^T ...
+    gg[:, idx[:, None], idx[None, :]] += sEE  # ... with its shape block
+    diag = torch.einsum("bc,bcp->bp", sT, d2G) + _scatter(sTd2, idx, P)
+    H = H - cross - cross.transpose(1, 2) - DD + gg - torch.diag_embed(diag)
+    if K is not None:
+        H = H + torch.einsum("bc,bcpq->bpq", sT, K)  # d^2 log N_c enters q_ic with a minus sign
     return value, grad, H
 
 
@@ -144,23 +217,36 @@ def _constraint(model: StatModel, theta: torch.Tensor, aux: torch.Tensor) -> tup
     return (0.5 * inv * diff**2).sum(-1), inv * diff, torch.diag_embed(inv.expand_as(theta))
 
 
-def nll_grad(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The NLL (B,) and its gradient (B, P)."""
-    value, grad, _ = _constraint(model, theta, data.aux)
-    for ch, norm, events in zip(model.channels, norms, data.channels):
-        v, g, _ = _channel(ch, norm, events, theta, None, hessian=False)
-        value, grad = value + v, grad + g
-    return value, grad
+def _rows(data: Dataset, rows: np.ndarray | torch.Tensor | None) -> np.ndarray:
+    return np.arange(data.batch, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+
+
+def nll_grad(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor,
+             rows: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NLL (B,) and its gradient (B, P) of datasets ``rows`` of ``data`` (all by default),
+    one per row of ``theta``."""
+    return _evaluate(model, norms, data, theta, rows, False, False)[:2]
 
 
 def nll_grad_hess(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor,
-                  curvatures: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The NLL (B,), gradient (B, P) and exact Hessian (B, P, P); ``curvatures[k]`` (C, P, P),
-    if given, replaces the second derivative of channel k's ``log N_c`` (a cross-check)."""
-    value, grad, hess = _constraint(model, theta, data.aux)
-    curvatures = curvatures if curvatures is not None else [None] * len(model.channels)
-    for ch, norm, events, curv in zip(model.channels, norms, data.channels, curvatures):
-        v, g, h = _channel(ch, norm, events, theta, curv, hessian=True)
-        value, grad, hess = value + v, grad + g, hess + h
+                  rows: np.ndarray | torch.Tensor | None = None, reference: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The NLL (B,), gradient (B, P) and exact Hessian (B, P, P) of datasets ``rows`` of
+    ``data``; ``reference`` evaluates the tensor expressions instead of the fused kernels."""
+    return _evaluate(model, norms, data, theta, rows, True, reference)
+
+
+def _evaluate(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor,
+              rows: np.ndarray | torch.Tensor | None, hessian: bool, reference: bool) -> tuple[torch.Tensor, ...]:
+    rows = _rows(data, rows)
+    theta = theta.detach().to(DTYPE).contiguous()
+    value, grad, hess = _constraint(model, theta, data.aux[torch.from_numpy(rows)])
+    for ch, norm, events in zip(model.channels, norms, data.channels):
+        if reference:
+            v, g, h = _channel_reference(ch, norm, events.take(torch.from_numpy(rows)), theta, hessian)
+        else:
+            v, g, h = _channel(ch, norm, events, rows, theta, hessian)
+        value, grad = value + v, grad + g
+        if hessian:
+            hess = hess + h
     return value, grad, hess

@@ -93,6 +93,14 @@ class ChannelModel:
                     np.log(self.nu0 + 1e-300))),
                 torch.as_tensor(self.lumi))
 
+    @cached_property
+    def own_shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per process, the positions (in ``shape_index``) of its shape NPs, padded with -1
+        (C, S_max), and their number (C,): what the fused kernels loop over."""
+        from hsbi.inference.kernels import own_indices
+
+        return own_indices(self.shape_mask)
+
 
 @dataclass(frozen=True)
 class StatModel:
@@ -233,12 +241,36 @@ def _check_yields(cfg: StatModelConfig, channels: Sequence[ChannelModel]) -> Non
 @dataclass(frozen=True)
 class Normalisation:
     """A fixed sample of nominal events per process: ``v`` (C, n) weights summing to 1 per
-    process (0: padding), and the shape log ratios ``lo``, ``hi`` (C, n, S) there."""
+    process (0: padding), and the shape log ratios ``lo``, ``hi`` (C, n, S) there (0 where
+    shape NP s does not act on process c: the fused kernels skip those entries)."""
 
     v: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
     coef: torch.Tensor  # (C, n, S, 6)
+
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``v``, ``log v`` (-inf: padding), ``lo``, ``hi``, ``coef`` as contiguous numpy arrays
+        (the fused kernels' inputs)."""
+        v = self.v.numpy()
+        logv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), -np.inf)
+        return tuple(np.ascontiguousarray(a) for a in (v, logv, self.lo.numpy(), self.hi.numpy(), self.coef.numpy()))
+
+    @cached_property
+    def _compacted(self) -> dict:
+        return {}
+
+    def kernel_arrays(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """:attr:`arrays` and the per-process compact copies for a channel's ``own`` NPs
+        (:func:`hsbi.inference.kernels.compact`), made once per channel structure."""
+        from hsbi.inference.kernels import compact
+
+        key = (own.tobytes(), own.shape)
+        if key not in self._compacted:
+            v, logv, lo, hi, coef = self.arrays
+            self._compacted[key] = (v, logv, lo, hi, coef, *compact(lo, hi, coef, own, counts))
+        return self._compacted[key]
 
     @staticmethod
     def offsets(weights: Sequence[np.ndarray], lo: Sequence[np.ndarray], hi: Sequence[np.ndarray]
@@ -274,7 +306,8 @@ class Normalisation:
 class ChannelEvents:
     """Per-event terms of datasets in one channel, computed once and stored: ``w`` (B, n) event
     weights (0: padding), ``logp`` (B, n, C) nominal log ratios, ``lo``/``hi`` (B, n, C, S) shape
-    log ratios ``log r^-``, ``log r^+`` and their code-4 coefficients ``coef`` (B, n, C, S, 6)."""
+    log ratios ``log r^-``, ``log r^+`` (0 where shape NP s does not act on process c: the fused
+    kernels skip those entries) and their code-4 coefficients ``coef`` (B, n, C, S, 6)."""
 
     w: torch.Tensor
     logp: torch.Tensor
