@@ -1,5 +1,11 @@
-"""Speed of the declared model's fits: batched toy fits against iminuit, an observed fit with
-impacts, and the TrainRatio branch map of a large model. One run, ratios measured side by side.
+"""Speed of the declared model's fits: batched toy fits against iminuit and against the same
+batched fits on the derivatives' tensor expressions (``reference=True``, the code before the
+fused kernels), and an observed fit with impacts. One run, ratios measured side by side (the
+workflow's overhead at 1,000+ branches: ``bench_branches.py``).
+
+Baselines on the same toys: MIGRAD alone (strategy 1) from the same start with the same analytic
+gradient, one toy at a time (``--minuit`` toys); the batched Newton fit on the tensor
+expressions (``--reference`` toys).
 
 Synthetic per-event terms (no networks): 3 processes, ``P`` NPs of which two thirds are
 normplusshape (per-event log ratios ~ N(0, 0.1)) and one third normsys, plus mu and lumi;
@@ -25,7 +31,7 @@ from hsbi.config.statmodel import (
     StatModelConfig,
 )
 from hsbi.inference.batched_fit import fit_batch
-from hsbi.inference.fitting import Likelihood, fit, impacts
+from hsbi.inference.fitting import Likelihood, _minuit, fit, impacts
 from hsbi.inference.statmodel import Dataset, Normalisation, compile_model
 from hsbi.inference.toys import PoolChannel, ToyPool
 
@@ -76,27 +82,38 @@ def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[Likelihood, callab
     return lik, toys
 
 
-def bench_toys(n_np: int, n_norm: int, batch: int, n_minuit: int) -> dict:
+def bench_toys(n_np: int, n_norm: int, batch: int, n_minuit: int, n_reference: int) -> dict:
     lik, toys = synthetic(n_np, n_norm)
     data = toys(batch)
     start = np.tile(lik.model.init, (batch, 1))
+    fit_batch(lik, data.take(torch.arange(2)), start[:2])  # warm-up: the kernels load from numba's cache
     t0 = time.perf_counter()
     res = fit_batch(lik, data, start)
     t_batch = time.perf_counter() - t0
+    # the baseline: MIGRAD alone from the same start, with the same analytic gradient
     t0 = time.perf_counter()
     diffs = []
     for b in range(n_minuit):
-        one = fit(lik, data.take(torch.tensor([b])), hesse=False)
-        diffs.append(res.nll[b] - one.nll)
+        m, _ = _minuit(lik, data.take(torch.tensor([b])), start[b], {})
+        m.strategy = 1
+        m.migrad()
+        diffs.append(res.nll[b] - m.fval)
     t_minuit = (time.perf_counter() - t0) / n_minuit
+    rows = torch.arange(n_reference)
+    t0 = time.perf_counter()
+    ref = fit_batch(lik, data.take(rows), start[:n_reference], reference=True)
+    t_ref = (time.perf_counter() - t0) / n_reference
+    assert np.allclose(ref.nll, res.nll[:n_reference], rtol=0, atol=1e-6)
     return {"nps": n_np, "batched_fits_per_s": batch / t_batch, "minuit_fits_per_s": 1 / t_minuit,
             "ratio": t_minuit * batch / t_batch, "converged": int(res.converged.sum()), "batch": batch,
+            "tensor_expressions_fits_per_s": 1 / t_ref, "ratio_to_tensor_expressions": t_ref * batch / t_batch,
             "nll_batched_minus_minuit_max": float(np.max(diffs))}
 
 
 def bench_observed(n_np: int, n_norm: int) -> dict:
     lik, toys = synthetic(n_np, n_norm, seed=1)
     data = toys(1)
+    fit(lik, data, hesse=False)  # warm-up
     t0 = time.perf_counter()
     best = fit(lik, data)
     t_fit = time.perf_counter() - t0
@@ -108,12 +125,18 @@ def bench_observed(n_np: int, n_norm: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norm-events", type=int, default=5000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--minuit", type=int, default=4)
+    parser.add_argument("--reference", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="numba threads (the fused kernels)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    import numba
+
+    numba.set_num_threads(args.threads)
+    print({"norm_events": args.norm_events, "batch": args.batch, "numba_threads": args.threads}, flush=True)
     for n_np in (10, 20, 50):
-        print(bench_toys(n_np, args.norm_events, args.batch, args.minuit), flush=True)
+        print(bench_toys(n_np, args.norm_events, args.batch, args.minuit, args.reference), flush=True)
     print(bench_observed(50, args.norm_events), flush=True)
 
 

@@ -44,9 +44,11 @@ class BatchFit:
 
 
 def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarray | None = None,
-              max_iter: int = 40) -> BatchFit:
+              max_iter: int = 40, reference: bool = False) -> BatchFit:
     """Minimise every dataset's NLL from ``start`` (B, P); ``fixed`` (P,) or (B, P) bool holds
-    those parameters at their start values (the POI for conditional fits, an NP for impacts)."""
+    those parameters at their start values (the POI for conditional fits, an NP for impacts).
+    ``reference`` evaluates the derivatives' tensor expressions instead of the fused kernels
+    (the benchmarks' baseline)."""
     model = lik.model
     theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=DTYPE).clone()
     B, P = theta.shape
@@ -65,7 +67,7 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         # is accepted (its gradient and Hessian then give the next step) or the step is halved
         rows = torch.nonzero(~done).squeeze(1)
         th = theta[rows]
-        f_new, g, H = nll_grad_hess(model, lik.norms, data, th, rows=rows.numpy())
+        f_new, g, H = nll_grad_hess(model, lik.norms, data, th, rows=rows.numpy(), reference=reference)
         worse = ~(f_new <= f[rows] + 1e-10)
         if bool(worse.any()):
             bad = rows[worse]

@@ -306,9 +306,8 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
                             q[c, i] += a * slope
                 for i in range(m):
                     pr = prod[c, i]
-                    if pr > 1e-280 and pr < 1e280:
-                        q[c, i] += math.log(pr)
-                    else:  # the product under- or overflowed: sum the logs
+                    if not (pr > 1e-280 and pr < 1e280):  # under- or overflowed: sum the logs
+                        prod[c, i] = 1.0
                         for j in range(counts[c]):
                             s = own[c, j]
                             if abs(alpha[r, s]) < 1.0:
@@ -316,14 +315,27 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
                                                       coef[b, i0 + i, c, s])
                                 q[c, i] += math.log(val)
             for i in range(m):
+                # lambda_i = sum_c F_c exp(q_ic) prod_ic, relative to the largest exp(q_ic): the
+                # products stay factors (no log per event and process) unless lambda underflows
                 t = q[0, i]
                 for c in range(1, C):
                     t = max(t, q[c, i])
                 lam = 0.0
                 for c in range(C):
-                    x = math.exp(q[c, i] - t)
+                    x = math.exp(q[c, i] - t) * prod[c, i]
                     u[c, i] = x
                     lam += F[r, c] * x
+                if not (lam > 1e-280 and lam < 1e280):
+                    for c in range(C):
+                        q[c, i] += math.log(prod[c, i])
+                    t = q[0, i]
+                    for c in range(1, C):
+                        t = max(t, q[c, i])
+                    lam = 0.0
+                    for c in range(C):
+                        x = math.exp(q[c, i] - t)
+                        u[c, i] = x
+                        lam += F[r, c] * x
                 if wb[i] != 0.0:
                     loglam[r] += wb[i] * (t + math.log(lam))
                 top[i] = lam
