@@ -1,6 +1,8 @@
 """The declared statistical model (``statmodel`` section): CheckDeclaredSamples (the ingested
-samples against the model, before any training), TrainRatio (one branch per network and member)
-and FitDeclaredModel (the observed fit); InferProfileLikelihood runs it for such configs."""
+samples against the model, before any training), TrainRatio (one branch per network and member),
+FitDeclaredModel (the observed fit), DeclaredNeymanToys and DeclaredBelt (the Neyman belt) and
+DeclaredCoverage; InferProfileLikelihood, ConfidenceBelt and CoverageStudy run them for such
+configs."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import json
 from workflows.framework import HSBITask, HSBIWorkflow, UserError
 from workflows.ingest import IngestSamples
 
-__all__ = ["CheckDeclaredSamples", "DeclaredBelt", "DeclaredNeymanToys", "FitDeclaredModel", "TrainRatio",
-           "check_declared", "ingested_dirs"]
+__all__ = ["CheckDeclaredSamples", "DeclaredBelt", "DeclaredCoverage", "DeclaredNeymanToys", "FitDeclaredModel",
+           "TrainRatio", "check_declared", "ingested_dirs"]
 
 
 def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
@@ -195,3 +197,39 @@ class DeclaredBelt(HSBITask):
             plot_belt(out / "belt.png", belt)
         self.publish_message(f"belt: {self.output().path}/belt.json " + ", ".join(
             f"{k}%: [{v['low']:.4g}, {v['high']:.4g}]" for k, v in belt["intervals"].items()))
+
+
+class DeclaredCoverage(HSBITask):
+    """Coverage of the declared model at ``statmodel.truth`` from toys of the model:
+    ``inference.coverage.datasets`` datasets and twice as many reference toys, Neyman and Wilks
+    coverage per level with binomial errors (coverage.json, coverage.png)."""
+
+    config_sections = ("statmodel", "inference")
+    #: the simulator models' coverage keys (method, reference, width_datasets) do not apply
+    ignored_keys = ("inference.neyman", "inference.truth", "inference.poi_bounds", "inference.nuisance_bounds",
+                    "inference.constraint", "inference.constraint_sigma", "inference.n_expected",
+                    "inference.scan_points", "inference.observed_seed", "inference.coverage.method",
+                    "inference.coverage.reference", "inference.coverage.width_datasets")
+
+    def requires(self) -> dict:
+        return {"networks": TrainRatio.req(self, branch=-1), **_ingest_branches(self, self.analysis.statmodel.sample_names())}
+
+    def run(self) -> None:
+        import numpy as np
+
+        from hsbi.inference.declared import declared_coverage
+        from hsbi.plotting import plot_test_statistic
+
+        reqs = self.requires()
+        members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
+        summary, t = self.run_hsbi(declared_coverage, self.analysis, ingested_dirs(reqs), members,
+                                   log=self.publish_message)
+        shown = {"hsbi": {k: {"asymptotic": {"value": c["wilks_coverage"], "error": c["wilks_error"]},
+                              "neyman": {"value": c["coverage"], "error": c["error"]}}
+                          for k, c in summary["levels"].items()}}
+        with self.write() as out:
+            (out / "coverage.json").write_text(json.dumps(summary, indent=1) + "\n")
+            plot_test_statistic(out / "coverage.png", {"hsbi": t[np.isfinite(t)]}, shown,
+                                title=f"{summary['poi']} = {summary['truth'][summary['poi']]:.4g}: "
+                                      f"{summary['datasets']} toys of the declared model")
+        self.publish_message(f"coverage: {self.output().path}/coverage.json")

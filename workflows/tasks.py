@@ -358,19 +358,28 @@ class InferProfileLikelihood(HSBITask):
 class CoverageStudy(HSBITask):
     """Datasets thrown at the configured truth: coverage of Wilks and Neyman intervals (68.3%,
     95%) with binomial errors and mean widths, for the trained estimator and the exact
-    likelihood; writes coverage.json and coverage.png."""
+    likelihood; writes coverage.json and coverage.png. For a declared model: DeclaredCoverage's
+    (toys of the model at ``statmodel.truth``)."""
 
     config_sections = ("inference",)
     code_modules = ("hsbi.inference", "hsbi.plotting", "hsbi.models", "hsbi.estimators")
     ignored_keys = ("inference.neyman", "inference.scan_points", "inference.observed_seed")
 
     def requires(self) -> dict:
+        from workflows.statmodel import DeclaredCoverage, check_declared
+
+        if check_declared(self):  # the declared model: toys of the model at statmodel.truth
+            return {"declared": DeclaredCoverage.req(self)}
         return {**_estimator_inputs(self), **_event_inputs(self)}
 
     def run(self) -> None:
         from hsbi.inference.coverage import coverage_study
         from hsbi.plotting import plot_test_statistic
 
+        if "declared" in self.requires():
+            _copy_results(self, self.requires()["declared"])
+            self.publish_message(f"coverage: {self.output().path}/coverage.json")
+            return
         cfg = self.analysis
         model = _model(self, "test")
         densities = _densities(cfg, self.requires(), model)
