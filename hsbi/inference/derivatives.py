@@ -127,10 +127,7 @@ def _channel_reference(ch: ChannelModel, norm: Normalisation, events: ChannelEve
     if not hessian:
         return value, grad, None
     wR, wT = w[..., None] * R, w[..., None] * T  # (B, n, C)
-    G = torch.exp(logG)
-    H = torch.einsum("bc,bcpq->bpq", G, F2) + torch.einsum("bc,bcp,bcq->bpq", G, Q, dG)
-    H = H + H.transpose(1, 2) - torch.einsum("bc,bcpq->bpq", G, F2)  # F2 counted once
-    H = H + torch.einsum("bc,bcp,bcq->bpq", Y, dG, dG) + torch.diag_embed((Y[..., None] * d2G).sum(1))
+    H = _yield_hessian(torch.exp(logG), Y, Q, F2, dG, d2G)
     cross = torch.einsum("bcp,bcq->bpq", Q, torch.einsum("bnc,bncq->bcq", wR, D))
     H = H - torch.einsum("bc,bcpq->bpq", wR.sum(1), F2) - cross - cross.transpose(1, 2)
     flat = D.reshape(B, -1, P)  # (B, n C, P): the outer products as two batched matmuls
@@ -173,8 +170,8 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows:
     alpha = np.ascontiguousarray(theta.numpy()[:, ch.shape_index])
     J, K = torch.zeros(B, C, P, dtype=DTYPE), None
     if S:
-        log_norm, mean, second = (torch.from_numpy(a) for a in norm_sums(alpha, *norm.kernel_arrays(own, counts), own, counts,
-                                                                          hessian))
+        sums = norm_sums(alpha, *norm.kernel_arrays(own, counts), own, counts, hessian)
+        log_norm, mean, second = (torch.from_numpy(a) for a in sums)
         J[..., idx] = mean
         if hessian:
             K = torch.zeros(B, C, P, P, dtype=DTYPE)
