@@ -35,6 +35,24 @@ _LOOSE = 1e-4
 _EDGE = 1e-6
 
 
+def _newton_step(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``-H^-1 g`` per row: a Cholesky solve where ``H`` is positive definite and reasonably
+    conditioned (the common case, ~5x cheaper than ``eigh``), else through the eigenvalues with
+    their absolute values, floored at 1e-8 of the largest (a descent direction where ``H`` is
+    indefinite or near singular)."""
+    L, info = torch.linalg.cholesky_ex(H)
+    d = torch.diagonal(L, dim1=-2, dim2=-1)
+    pd = (info == 0) & (d.amin(-1) ** 2 > 1e-8 * d.amax(-1) ** 2)
+    new = torch.empty_like(g)
+    if bool(pd.any()):
+        new[pd] = -torch.cholesky_solve(g[pd].unsqueeze(-1), L[pd]).squeeze(-1)
+    if not bool(pd.all()):
+        evals, evecs = torch.linalg.eigh(H[~pd])
+        evals = evals.abs().clamp_min(1e-8 * evals.abs().amax(-1, keepdim=True).clamp_min(1e-300))
+        new[~pd] = -torch.einsum("bpk,bk,bqk,bq->bp", evecs, 1.0 / evals, evecs, g[~pd])
+    return new
+
+
 @dataclass(frozen=True)
 class BatchFit:
     theta: np.ndarray  # (B, P)
@@ -84,9 +102,7 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         active = free[rows] & ~(((th <= lo + edge) & (g > 0)) | ((th >= hi - edge) & (g < 0)))
         Ha = torch.where(active[:, :, None] & active[:, None, :], H, torch.eye(P, dtype=DTYPE))
         ga = torch.where(active, g, 0.0)
-        evals, evecs = torch.linalg.eigh(Ha)
-        evals = evals.abs().clamp_min(1e-8 * evals.abs().amax(-1, keepdim=True).clamp_min(1e-300))
-        new = -torch.einsum("bpk,bk,bqk,bq->bp", evecs, 1.0 / evals, evecs, ga)
+        new = _newton_step(Ha, ga)
         decrement[rows] = -(new * ga).sum(-1) / 2
         finished = decrement[rows] < _TOL
         done[rows] = finished

@@ -168,14 +168,11 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows:
     own, counts = ch.own_shapes
     idx = torch.as_tensor(ch.shape_index, dtype=torch.long)
     alpha = np.ascontiguousarray(theta.numpy()[:, ch.shape_index])
-    J, K = torch.zeros(B, C, P, dtype=DTYPE), None
+    J, second = torch.zeros(B, C, P, dtype=DTYPE), None
     if S:
         sums = norm_sums(alpha, *norm.kernel_arrays(own, counts), own, counts, hessian)
-        log_norm, mean, second = (torch.from_numpy(a) for a in sums)
+        log_norm, mean, second = (torch.from_numpy(a) for a in sums)  # second: (B, C, S, S)
         J[..., idx] = mean
-        if hessian:
-            K = torch.zeros(B, C, P, P, dtype=DTYPE)
-            K[:, :, idx[:, None], idx[None, :]] = second
     else:
         log_norm = torch.zeros(B, C, dtype=DTYPE)
     arrays = (np.ascontiguousarray(t.numpy()) for t in (events.w, events.logp, events.lo, events.hi, events.coef))
@@ -202,8 +199,8 @@ def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows:
     gg[:, idx[:, None], idx[None, :]] += sEE  # ... with its shape block
     diag = torch.einsum("bc,bcp->bp", sT, d2G) + _scatter(sTd2, idx, P)
     H = H - cross - cross.transpose(1, 2) - DD + gg - torch.diag_embed(diag)
-    if K is not None:
-        H = H + torch.einsum("bc,bcpq->bpq", sT, K)  # d^2 log N_c enters q_ic with a minus sign
+    if S:  # d^2 log N_c enters q_ic with a minus sign
+        H[:, idx[:, None], idx[None, :]] += torch.einsum("bc,bcst->bst", sT, second)
     return value, grad, H
 
 
