@@ -6,7 +6,8 @@ exact Hessian (:mod:`hsbi.inference.derivatives`, the shape normalisation's curv
 taking it once at the start point stalled fits whose NPs crossed |alpha| = 1, where code 4 turns
 from a polynomial into an exponential; 3 of 4 many-NP toys then did not converge in 40
 iterations). Parameters on a bound with the gradient pushing outwards are held; a step that
-raises the NLL is halved.
+raises the NLL is halved; the last step (decrement below ``_PREDICT``) is taken without
+evaluating where it lands.
 A fit that does not reach the tolerance within the iteration limit is flagged.
 """
 
@@ -33,6 +34,11 @@ _TOL = 1e-7
 _LOOSE = 1e-4
 #: a parameter this close to a bound (relative to its range) counts as on it
 _EDGE = 1e-6
+#: a Newton step with a decrement below this is taken without evaluating the NLL where it lands:
+#: the quadratic model's value there (f - decrement) is within ~decrement^1.5 (~3e-8) of the true
+#: one, and Newton's quadratic convergence puts the point within ~decrement^2 of the minimum (one
+#: evaluation fewer for about half the fits)
+_PREDICT = 1e-5
 
 
 def _newton_step(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -105,6 +111,12 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         new = _newton_step(Ha, ga)
         decrement[rows] = -(new * ga).sum(-1) / 2
         finished = decrement[rows] < _TOL
+        target = last[rows] + new
+        predict = ~finished & (decrement[rows] < _PREDICT) & (torch.clamp(target, lo, hi) == target).all(-1)
+        if bool(predict.any()):  # the last step, unless a bound cuts it
+            taken = rows[predict]
+            last[taken], f[taken] = target[predict], f[taken] - decrement[taken]
+            finished = finished | predict
         done[rows] = finished
         going = rows[~finished]
         step[going] = new[~finished]
