@@ -13,7 +13,8 @@ with ``E_ic`` the second derivatives of ``q_ic``: diagonal in theta, except the 
 dataset.
 
 The sums over events and over the normalisation sample run in fused loops
-(:mod:`hsbi.inference.kernels`) that return sufficient statistics; with ``D_ic = a_c + e_ic``
+(:mod:`hsbi.inference.kernels`, with the yields' factors and the assembly below) that return
+sufficient statistics; with ``D_ic = a_c + e_ic``
 (``a_c = dG_c - J_c`` the same for all events, ``e_ic`` the event's shape derivatives over the
 process's own NPs) and ``g_i = M u_i + E_i`` (``M = [Q_c, a_c]``, ``u_i = (R_i, T_i)``,
 ``E_i = sum_c T_ic e_ic``) every event-level outer product above reduces to sums of size
@@ -149,59 +150,30 @@ def _yield_hessian(G: torch.Tensor, Y: torch.Tensor, Q: torch.Tensor, F2: torch.
     return H + torch.einsum("bc,bcp,bcq->bpq", Y, dG, dG) + torch.diag_embed((Y[..., None] * d2G).sum(1))
 
 
-def _scatter(x: torch.Tensor, index: torch.Tensor, P: int) -> torch.Tensor:
-    """``x`` (..., S) placed at positions ``index`` of a last axis of ``P``."""
-    out = torch.zeros(*x.shape[:-1], P, dtype=DTYPE)
-    out[..., index] = x
-    return out
-
-
 def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows: np.ndarray, theta: torch.Tensor,
              hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The channel's value, gradient and Hessian from the fused kernels' sums (datasets ``rows``
-    of ``events``, one per row of ``theta``)."""
-    from hsbi.inference.kernels import event_sums, norm_sums
+    """The channel's value, gradient and Hessian from the fused kernels (datasets ``rows`` of
+    ``events``, one per row of ``theta``): the yields' factors, the normalisation's and the
+    events' sums, and their assembly (the formulas above, in :func:`kernels.assemble`)."""
+    from hsbi.inference.kernels import assemble, event_sums, norm_sums, yield_terms
 
-    B, P = theta.shape
+    B = theta.shape[0]
     C, S = len(ch.processes), len(ch.shape_index)
-    F, Q, F2, logG, dG, d2G = _yield_terms(ch, theta)
+    th = np.ascontiguousarray(theta.numpy())
+    F, Q, F2, logG, dG, d2G = yield_terms(th, *ch.kernel_constants)
     own, counts = ch.own_shapes
-    idx = torch.as_tensor(ch.shape_index, dtype=torch.long)
-    alpha = np.ascontiguousarray(theta.numpy()[:, ch.shape_index])
-    J, second = torch.zeros(B, C, P, dtype=DTYPE), None
+    alpha = np.ascontiguousarray(th[:, ch.shape_index])
     if S:
-        sums = norm_sums(alpha, *norm.kernel_arrays(own, counts), own, counts, hessian)
-        log_norm, mean, second = (torch.from_numpy(a) for a in sums)  # second: (B, C, S, S)
-        J[..., idx] = mean
+        # rows at the same shape NPs (every toy at a fit's start) share their normalisation sums
+        uniq, inverse = np.unique(alpha, axis=0, return_inverse=True) if B > 1 else (alpha, None)
+        sums = norm_sums(np.ascontiguousarray(uniq), *norm.kernel_arrays(own, counts), own, counts, hessian)
+        log_norm, mean, second = sums if inverse is None else (a[inverse.reshape(-1)] for a in sums)
     else:
-        log_norm = torch.zeros(B, C, dtype=DTYPE)
-    arrays = (np.ascontiguousarray(t.numpy()) for t in (events.w, events.logp, events.lo, events.hi, events.coef))
-    sums = event_sums(rows, alpha, (logG - log_norm).numpy(), F.numpy(), *arrays, own, counts, hessian)
-    loglam, sR, sT, sTe, sRe, sTee, sTd2, suu, suE, sEE = (torch.from_numpy(a) for a in sums)
-    G = torch.exp(logG)
-    Y = F * G
-    a = dG - J  # (B, C, P): the event-independent part of dq_ic
-    Te = _scatter(sTe, idx, P)  # (B, C, P)
-    value = Y.sum(-1) - loglam
-    sum_g = torch.einsum("bc,bcp->bp", sR, Q) + torch.einsum("bc,bcp->bp", sT, a) + Te.sum(1)
-    grad = (Y[..., None] * dG + G[..., None] * Q).sum(1) - sum_g
-    if not hessian:
-        return value, grad, None
-    H = _yield_hessian(G, Y, Q, F2, dG, d2G) - torch.einsum("bc,bcpq->bpq", sR, F2)
-    RD = sR[..., None] * a + _scatter(sRe, idx, P)  # sum_i w R_ic D_ic
-    cross = torch.einsum("bcp,bcq->bpq", Q, RD)
-    aTe = torch.einsum("bcp,bcq->bpq", a, Te)
-    DD = torch.einsum("bc,bcp,bcq->bpq", sT, a, a) + aTe + aTe.transpose(1, 2)  # sum_ic w T D D^T ...
-    DD[:, idx[:, None], idx[None, :]] += sTee  # ... with its shape block
-    M = torch.cat([Q, a], dim=1)  # (B, 2C, P)
-    ME = torch.einsum("bxp,bxq->bpq", M, _scatter(suE, idx, P))
-    gg = torch.einsum("bxp,bxy,byq->bpq", M, suu, M) + ME + ME.transpose(1, 2)  # sum_i w g_i g_i^T ...
-    gg[:, idx[:, None], idx[None, :]] += sEE  # ... with its shape block
-    diag = torch.einsum("bc,bcp->bp", sT, d2G) + _scatter(sTd2, idx, P)
-    H = H - cross - cross.transpose(1, 2) - DD + gg - torch.diag_embed(diag)
-    if S:  # d^2 log N_c enters q_ic with a minus sign
-        H[:, idx[:, None], idx[None, :]] += torch.einsum("bc,bcst->bst", sT, second)
-    return value, grad, H
+        log_norm, mean, second = np.zeros((B, C)), np.zeros((B, C, 0)), np.zeros((B, C, 0, 0))
+    sums = event_sums(rows, alpha, logG - log_norm, F, *events.kernel_arrays(own, counts), own, counts, hessian)
+    value, grad, H = assemble(F, Q, F2, logG, dG, d2G, np.asarray(ch.shape_index, dtype=np.int64), mean, second,
+                              *sums, hessian)
+    return torch.from_numpy(value), torch.from_numpy(grad), torch.from_numpy(H) if hessian else None
 
 
 def _constraint(model: StatModel, theta: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, ...]:

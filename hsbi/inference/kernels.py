@@ -12,11 +12,15 @@ gradient and Hessian from them in torch. The tensor expressions stay as the refe
 Code 4 per event and NP is Horner's scheme on the six coefficients inside |alpha| < 1 and linear
 outside; whether alpha is inside is the same for every event of a dataset, so events run
 innermost, in blocks of :data:`_BLOCK`, and the loops over a block vectorise (``fastmath``
-reassociation only: sums in another order, no change to infinities or NaN). The shape product
-is multiplied out (no ``log`` per event and NP; the normalisation sums need none at all), with a
-log-space path where a product under- or overflows. Loops run in parallel over datasets (and
-processes for the normalisation) on numba's threads. Compiled once per machine (``cache``:
-``__pycache__``), ~40 s of CPU.
+reassociation only: sums in another order, no change to infinities or NaN). The events are read
+in a per-process layout over each process's own NPs, events last (:func:`compact_events`, made
+once per batch of datasets), the normalisation sample likewise (:func:`compact`). The shape
+product is multiplied out (no ``log`` per event and NP; the normalisation sums need none at all),
+with a log-space path where a product under- or overflows; ``exp`` runs vectorised
+(:func:`_exp_into`). The yields' factors (:func:`yield_terms`) and the assembly of value,
+gradient and Hessian from the sums (:func:`assemble`) are loops too. Loops run in parallel over
+datasets (and processes for the normalisation) on numba's threads. Compiled once per machine
+(``cache``: ``__pycache__``), ~60 s of CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import tempfile
 import numba as nb
 import numpy as np
 
-__all__ = ["compact", "event_sums", "norm_sums", "own_indices"]
+__all__ = ["assemble", "compact", "compact_events", "event_sums", "norm_sums", "own_indices", "yield_terms"]
 
 # numba caches beside this file, or in the user's cache directory where this one is read-only; a
 # batch job whose user can write neither (no home) would fail to compile: a temporary directory
@@ -55,10 +59,13 @@ def own_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _horner(a, c1, c2, c3, c4, c5, c6):
     """The code-4 polynomial ``1 + sum_k c_k a^k`` (clamped at 1e-300) and its first and second
     derivatives."""
-    p = 1.0 + a * (c1 + a * (c2 + a * (c3 + a * (c4 + a * (c5 + a * c6)))))
-    dp = c1 + a * (2 * c2 + a * (3 * c3 + a * (4 * c4 + a * (5 * c5 + a * 6 * c6))))
-    d2p = 2 * c2 + a * (6 * c3 + a * (12 * c4 + a * (20 * c5 + a * 30 * c6)))
-    return max(p, 1e-300), dp, d2p
+    # Horner's scheme for p, p' and p''/2 together (16 fused multiply-adds, the loop unrolled)
+    p, d, h = c6 * a + c5, c6, 0.0
+    for c in (c4, c3, c2, c1, 1.0):
+        h = h * a + d
+        d = d * a + p
+        p = p * a + c
+    return max(p, 1e-300), d, 2.0 * h
 
 
 @nb.njit(cache=True, inline="always")
@@ -67,8 +74,9 @@ def _code4(a, lo, hi, coef):
     ``d log p`` and ``d2 log p``; outside the log-linear value ``a * slope`` with its slope."""
     if abs(a) < 1.0:
         p, dp, d2p = _horner(a, coef[0], coef[1], coef[2], coef[3], coef[4], coef[5])
-        d1 = dp / p
-        return True, p, d1, d2p / p - d1 * d1
+        ip = 1.0 / p
+        d1 = dp * ip
+        return True, p, d1, d2p * ip - d1 * d1
     slope = hi if a >= 0 else -lo
     return False, a * slope, slope, 0.0
 
@@ -129,6 +137,31 @@ def _norm_log(alpha_b, logv_c, lo_c, hi_c, coef_c, own_c, k, hessian, d1, d2, a1
     return z, top
 
 
+_LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
+
+
+@nb.njit(cache=True, inline="always")
+def _exp_into(x, out, m, bits, scale):
+    """``out[i] = exp(x[i])`` for ``i < m`` in a loop that vectorises (``math.exp`` does not:
+    llvmlite's wheels have no SVML): ``x = k ln 2 + r`` with |r| <= ln 2 / 2, Taylor's series of
+    ``exp(r)`` to degree 12 (truncation below 1e-17), ``2^k`` written into the exponent bits of
+    ``scale``, an int64 buffer ``bits`` viewed as float64. Within 1 ulp of ``math.exp`` on
+    [-708, 709]; 0 below (subnormal results), inf above (what overflows the sums: the callers'
+    log-space paths take over), NaN kept."""
+    for i in range(m):
+        y = min(max(x[i], -708.0), 709.0)
+        kf = math.floor(y * _LOG2E + 0.5)
+        bits[i] = (np.int64(kf) + 1023) << 52
+        r = (y - kf * _LN2_HI) - kf * _LN2_LO
+        out[i] = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+            1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r / 479001600)))))))))))
+    for i in range(m):
+        v = out[i] * scale[i]
+        v = 0.0 if x[i] < -708.0 else v
+        v = np.inf if x[i] > 709.0 else v
+        out[i] = x[i] if x[i] != x[i] else v
+
+
 #: events per block of the linear-space normalisation sums (the block's per-NP derivatives stay
 #: in cache; the loops over it vectorise)
 _BLOCK = 256
@@ -142,7 +175,9 @@ def _norm_linear(alpha_b, v_c, lo_t, hi_t, coef_t, own_c, k, hessian, a1, ad2, a
     order (:func:`compact`). Returns ``z``; ``a1``, ``ad2``, ``a2`` receive the weighted sums."""
     n = v_c.shape[0]
     d1, d2 = np.empty((k, _BLOCK)), np.empty((k, _BLOCK))
-    e = np.empty(_BLOCK)
+    e, ed, lin, ex = np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK)
+    bits = np.empty(_BLOCK, dtype=np.int64)
+    scale = bits.view(np.float64)
     z = 0.0
     for j in range(k):
         a1[j], ad2[j] = 0.0, 0.0
@@ -150,8 +185,10 @@ def _norm_linear(alpha_b, v_c, lo_t, hi_t, coef_t, own_c, k, hessian, a1, ad2, a
             a2[j, l] = 0.0
     for i0 in range(0, n, _BLOCK):
         m = min(_BLOCK, n - i0)
+        outside = False
         for i in range(m):
             e[i] = v_c[i0 + i]
+            lin[i] = 0.0
         for j in range(k):
             a = alpha_b[own_c[j]]
             if abs(a) < 1.0:
@@ -159,9 +196,10 @@ def _norm_linear(alpha_b, v_c, lo_t, hi_t, coef_t, own_c, k, hessian, a1, ad2, a
                 for i in range(m):
                     x = i0 + i
                     p, dp, d2p = _horner(a, cf[0, x], cf[1, x], cf[2, x], cf[3, x], cf[4, x], cf[5, x])
-                    g = dp / p
+                    ip = 1.0 / p  # one division, not two
+                    g = dp * ip
                     d1[j, i] = g
-                    d2[j, i] = d2p / p - g * g
+                    d2[j, i] = d2p * ip - g * g
                     e[i] *= p
             else:
                 row, sign = (hi_t[j], 1.0) if a >= 0 else (lo_t[j], -1.0)
@@ -169,13 +207,20 @@ def _norm_linear(alpha_b, v_c, lo_t, hi_t, coef_t, own_c, k, hessian, a1, ad2, a
                     slope = sign * row[i0 + i]
                     d1[j, i] = slope
                     d2[j, i] = 0.0
-                    e[i] *= math.exp(a * slope)
+                    lin[i] += a * slope
+                outside = True
+        if outside:  # one exp per event for all NPs outside |alpha| < 1
+            _exp_into(lin, ex, m, bits, scale)
+            for i in range(m):
+                e[i] *= ex[i]
         for i in range(m):
             z += e[i]
         for j in range(k):
             s1, s2 = 0.0, 0.0
             for i in range(m):
-                s1 += e[i] * d1[j, i]
+                x = e[i] * d1[j, i]
+                ed[i] = x
+                s1 += x
                 s2 += e[i] * d2[j, i]
             a1[j] += s1
             ad2[j] += s2
@@ -183,7 +228,7 @@ def _norm_linear(alpha_b, v_c, lo_t, hi_t, coef_t, own_c, k, hessian, a1, ad2, a
                 for l in range(j + 1):
                     s1 = 0.0
                     for i in range(m):
-                        s1 += e[i] * d1[j, i] * d1[l, i]
+                        s1 += ed[i] * d1[l, i]
                     a2[j, l] += s1
     return z
 
@@ -208,6 +253,30 @@ def compact(lo: np.ndarray, hi: np.ndarray, coef: np.ndarray, own: np.ndarray, c
             s = own[c, j]
             lo_t[c, j], hi_t[c, j], coef_t[c, j] = lo[c, :, s], hi[c, :, s], coef[c, :, s, :].T
     return lo_t, hi_t, coef_t
+
+
+@nb.njit(cache=True, parallel=True)
+def compact_events(logp, lo, hi, coef, own, counts):
+    """The events' ``logp`` (B, n, C), ``lo``, ``hi`` (B, n, C, S) and ``coef`` (B, n, C, S, 6)
+    per process over its own NPs, events last (what :func:`event_sums` reads in vectorised
+    blocks): (B, C, n), (B, C, K, n), (B, C, K, n), (B, C, K, 6, n); a third of the memory of the
+    dense layout with three processes."""
+    B, n, C = logp.shape
+    K = own.shape[1]
+    logp_t = np.empty((B, C, n))
+    lo_t, hi_t = np.zeros((B, C, K, n)), np.zeros((B, C, K, n))
+    coef_t = np.zeros((B, C, K, 6, n))
+    for b in nb.prange(B):
+        for i in range(n):
+            for c in range(C):
+                logp_t[b, c, i] = logp[b, i, c]
+                for j in range(counts[c]):
+                    s = own[c, j]
+                    lo_t[b, c, j, i] = lo[b, i, c, s]
+                    hi_t[b, c, j, i] = hi[b, i, c, s]
+                    for x in range(6):
+                        coef_t[b, c, j, x, i] = coef[b, i, c, s, x]
+    return logp_t, lo_t, hi_t, coef_t
 
 
 @nb.njit(cache=True, parallel=True)
@@ -253,9 +322,10 @@ def norm_sums(alpha, v, logv, lo, hi, coef, lo_t, hi_t, coef_t, own, counts, hes
 
 
 @nb.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian):
-    """Over the events of datasets ``rows`` (R,) of a batch (``w`` (Bd, n), ``logp`` (Bd, n, C),
-    ``lo``/``hi`` (Bd, n, C, S), ``coef`` (Bd, n, C, S, 6)) at shape NPs ``alpha`` (R, S), with
+def event_sums(rows, alpha, base, F, w, logp_t, lo_t, hi_t, coef_t, own, counts, hessian):
+    """Over the events of datasets ``rows`` (R,) of a batch (``w`` (Bd, n) and the per-process
+    layout of :func:`compact_events`: ``logp_t`` (Bd, C, n), ``lo_t``/``hi_t`` (Bd, C, K, n),
+    ``coef_t`` (Bd, C, K, 6, n)) at shape NPs ``alpha`` (R, S), with
     ``base`` (R, C) = ``log G_c - log N_c`` and normfactor products ``F`` (R, C).
 
     With ``q_ic = logp_ic + base_c + sum_s L_ics``, ``R_ic = exp(q_ic) / lambda_i``,
@@ -268,7 +338,7 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
     Events run in blocks: each NP's code-4 terms over the block at once (inside or outside
     |alpha| < 1 is the same for all events of a dataset), the sums as dot products over it."""
     R, S = alpha.shape
-    n, C = logp.shape[1], logp.shape[2]
+    C, n = logp_t.shape[1], logp_t.shape[2]
     H = S if hessian else 0
     Hc = 2 * C if hessian else 0
     loglam = np.zeros(R)
@@ -284,32 +354,35 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
         d1, d2 = np.empty((C, K, _BLOCK)), np.empty((C, K, _BLOCK))
         u = np.empty((2 * C, _BLOCK))  # (R, T), then times w
         E = np.empty((S, _BLOCK))
-        wb, top = np.empty(_BLOCK), np.empty(_BLOCK)
-        cf = np.empty((6, _BLOCK))
+        wb, top, wTd = np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK)
+        tq, xq, ex = np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK)
+        bits = np.empty(_BLOCK, dtype=np.int64)
+        scale = bits.view(np.float64)
         for i0 in range(0, n, _BLOCK):
             m = min(_BLOCK, n - i0)
             for i in range(m):
                 wb[i] = w[b, i0 + i]
             for c in range(C):
+                lp = logp_t[b, c]
                 for i in range(m):
-                    q[c, i] = logp[b, i0 + i, c] + base[r, c]
+                    q[c, i] = lp[i0 + i] + base[r, c]
                     prod[c, i] = 1.0
                 for j in range(counts[c]):
-                    s = own[c, j]
-                    a = alpha[r, s]
+                    a = alpha[r, own[c, j]]
                     if abs(a) < 1.0:
-                        for i in range(m):  # gather the block's coefficients (strided)
-                            for x in range(6):
-                                cf[x, i] = coef[b, i0 + i, c, s, x]
+                        cf = coef_t[b, c, j]
                         for i in range(m):
-                            p, dp, d2p = _horner(a, cf[0, i], cf[1, i], cf[2, i], cf[3, i], cf[4, i], cf[5, i])
-                            g = dp / p
+                            x = i0 + i
+                            p, dp, d2p = _horner(a, cf[0, x], cf[1, x], cf[2, x], cf[3, x], cf[4, x], cf[5, x])
+                            ip = 1.0 / p
+                            g = dp * ip
                             d1[c, j, i] = g
-                            d2[c, j, i] = d2p / p - g * g
+                            d2[c, j, i] = d2p * ip - g * g
                             prod[c, i] *= p
                     else:
+                        row, sign = (hi_t[b, c, j], 1.0) if a >= 0 else (lo_t[b, c, j], -1.0)
                         for i in range(m):
-                            slope = hi[b, i0 + i, c, s] if a >= 0 else -lo[b, i0 + i, c, s]
+                            slope = sign * row[i0 + i]
                             d1[c, j, i] = slope
                             d2[c, j, i] = 0.0
                             q[c, i] += a * slope
@@ -317,37 +390,57 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
                     pr = prod[c, i]
                     if not (pr > 1e-280 and pr < 1e280):  # under- or overflowed: sum the logs
                         prod[c, i] = 1.0
+                        x = i0 + i
                         for j in range(counts[c]):
-                            s = own[c, j]
-                            if abs(alpha[r, s]) < 1.0:
-                                _, val, _, _ = _code4(alpha[r, s], lo[b, i0 + i, c, s], hi[b, i0 + i, c, s],
-                                                      coef[b, i0 + i, c, s])
+                            a = alpha[r, own[c, j]]
+                            if abs(a) < 1.0:
+                                cf = coef_t[b, c, j]
+                                val, _, _ = _horner(a, cf[0, x], cf[1, x], cf[2, x], cf[3, x], cf[4, x], cf[5, x])
                                 q[c, i] += math.log(val)
+            # lambda_i = sum_c F_c exp(q_ic) prod_ic, relative to the largest exp(q_ic): the
+            # products stay factors (no log per event and process) unless lambda under- or
+            # overflows; the logs of lambda summed as logs of their products (one log per block
+            # where the events' weights are 1)
             for i in range(m):
-                # lambda_i = sum_c F_c exp(q_ic) prod_ic, relative to the largest exp(q_ic): the
-                # products stay factors (no log per event and process) unless lambda underflows
                 t = q[0, i]
                 for c in range(1, C):
                     t = max(t, q[c, i])
-                lam = 0.0
-                for c in range(C):
-                    x = math.exp(q[c, i] - t) * prod[c, i]
+                tq[i] = t
+                top[i] = 0.0
+            for c in range(C):
+                for i in range(m):
+                    xq[i] = q[c, i] - tq[i]
+                _exp_into(xq, ex, m, bits, scale)
+                fc = F[r, c]
+                for i in range(m):
+                    x = ex[i] * prod[c, i]
                     u[c, i] = x
-                    lam += F[r, c] * x
+                    top[i] += fc * x
+            acc, tsum = 1.0, 0.0
+            for i in range(m):
+                lam = top[i]
                 if not (lam > 1e-280 and lam < 1e280):
                     for c in range(C):
                         q[c, i] += math.log(prod[c, i])
                     t = q[0, i]
                     for c in range(1, C):
                         t = max(t, q[c, i])
+                    tq[i] = t
                     lam = 0.0
                     for c in range(C):
                         x = math.exp(q[c, i] - t)
                         u[c, i] = x
                         lam += F[r, c] * x
-                if wb[i] != 0.0:
-                    loglam[r] += wb[i] * (t + math.log(lam))
-                top[i] = lam
+                    top[i] = lam
+                if wb[i] == 1.0:
+                    acc *= lam
+                    tsum += tq[i]
+                    if not (acc > 1e-200 and acc < 1e200):
+                        loglam[r] += math.log(acc)
+                        acc = 1.0
+                elif wb[i] != 0.0:
+                    loglam[r] += wb[i] * (tq[i] + math.log(lam))
+            loglam[r] += tsum + math.log(acc)
             for c in range(C):
                 for i in range(m):
                     x = u[c, i] / top[i]
@@ -379,29 +472,34 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
                         s1 += wb[i] * u[c, i] * d1[c, j, i]
                         s2 += wT * d2[c, j, i]
                         E[s, i] += u[C + c, i] * d1[c, j, i]
+                        wTd[i] = wT * d1[c, j, i]
                     sRe[r, c, s] += s1
                     sTd2[r, s] += s2
                     for l in range(j + 1):
                         s1 = 0.0
                         for i in range(m):
-                            s1 += wb[i] * u[C + c, i] * d1[c, j, i] * d1[c, l, i]
+                            s1 += wTd[i] * d1[c, l, i]
                         sTee[r, s, own[c, l]] += s1
             for x in range(2 * C):
+                for i in range(m):
+                    wTd[i] = wb[i] * u[x, i]
                 for y in range(x + 1):
                     s1 = 0.0
                     for i in range(m):
-                        s1 += wb[i] * u[x, i] * u[y, i]
+                        s1 += wTd[i] * u[y, i]
                     suu[r, x, y] += s1
                 for s in range(S):
                     s1 = 0.0
                     for i in range(m):
-                        s1 += wb[i] * u[x, i] * E[s, i]
+                        s1 += wTd[i] * E[s, i]
                     suE[r, x, s] += s1
             for s in range(S):
+                for i in range(m):
+                    wTd[i] = wb[i] * E[s, i]
                 for t in range(s + 1):
                     s1 = 0.0
                     for i in range(m):
-                        s1 += wb[i] * E[s, i] * E[t, i]
+                        s1 += wTd[i] * E[t, i]
                     sEE[r, s, t] += s1
         if hessian:  # the lower triangles were summed: mirror them
             for x in range(2 * C):
@@ -412,3 +510,117 @@ def event_sums(rows, alpha, base, F, w, logp, lo, hi, coef, own, counts, hessian
                     sEE[r, t, s] = sEE[r, s, t]
                     sTee[r, t, s] = sTee[r, s, t]
     return loglam, sR, sT, sTe, sRe, sTee, sTd2, suu, suE, sEE
+
+
+@nb.njit(cache=True, parallel=True)
+def yield_terms(theta, nf, lo, hi, coef, log_nu0, lumi):
+    """The yields' factors per dataset (rows of ``theta`` (B, P)) and process: the normfactor
+    product ``F`` (B, C), its derivatives ``Q`` (B, C, P) and ``F2`` (B, C, P, P), ``log G``
+    (B, C) (log nu0, code-4 normsys terms, lumi) and its first and (diagonal) second derivatives
+    ``dG``, ``d2G`` (B, C, P). ``nf`` (C, P) bool, ``lo``/``hi`` (C, P), ``coef`` (C, P, 6),
+    ``log_nu0`` (C,), ``lumi`` (C,) (-1: none): :attr:`ChannelModel.kernel_constants`."""
+    B, P = theta.shape
+    C = nf.shape[0]
+    F, logG = np.ones((B, C)), np.zeros((B, C))
+    Q, dG, d2G = np.zeros((B, C, P)), np.zeros((B, C, P)), np.zeros((B, C, P))
+    F2 = np.zeros((B, C, P, P))
+    for b in nb.prange(B):
+        th = theta[b]
+        for c in range(C):
+            for f in range(P):
+                if not nf[c, f]:
+                    continue
+                F[b, c] *= th[f]
+                q = 1.0
+                for g in range(P):
+                    if nf[c, g] and g != f:
+                        q *= th[g]
+                        x = 1.0
+                        for h in range(P):
+                            if nf[c, h] and h != f and h != g:
+                                x *= th[h]
+                        F2[b, c, f, g] = x
+                Q[b, c, f] = q
+            lg = log_nu0[c]
+            for p in range(P):
+                inside, val, g1, g2 = _code4(th[p], lo[c, p], hi[c, p], coef[c, p])
+                lg += math.log(val) if inside else val
+                dG[b, c, p], d2G[b, c, p] = g1, g2
+            j = lumi[c]
+            if j >= 0:
+                lam = max(th[j], 1e-300)
+                lg += math.log(lam)
+                dG[b, c, j] += 1.0 / lam
+                d2G[b, c, j] -= 1.0 / (lam * lam)
+            logG[b, c] = lg
+    return F, Q, F2, logG, dG, d2G
+
+
+@nb.njit(cache=True, parallel=True)
+def assemble(F, Q, F2, logG, dG, d2G, idx, mean, second, loglam, sR, sT, sTe, sRe, sTee, sTd2, suu, suE, sEE,
+             hessian):
+    """A channel's NLL (B,), gradient (B, P) and, with ``hessian``, Hessian (B, P, P) from the
+    yields' factors (:func:`yield_terms`), the normalisation's ``E_pi[dL]`` and
+    ``Cov_pi(dL) + diag E_pi[d2L]`` (``mean`` (B, C, S), ``second`` (B, C, S, S):
+    :func:`norm_sums`) and the events' sums (:func:`event_sums`); ``idx`` (S,) the shape NPs'
+    parameter positions. The formulas: :mod:`hsbi.inference.derivatives`."""
+    B, C, P = Q.shape
+    S = idx.shape[0]
+    value, grad = np.zeros(B), np.zeros((B, P))
+    H = np.zeros((B, P, P)) if hessian else np.zeros((B, 0, 0))
+    for b in nb.prange(B):
+        G, Y = np.exp(logG[b]), np.empty(C)
+        a = dG[b].copy()  # (C, P): dq_ic / dtheta without the event's shape terms
+        Te = np.zeros((C, P))
+        for c in range(C):
+            Y[c] = F[b, c] * G[c]
+            value[b] += Y[c]
+            for s in range(S):
+                a[c, idx[s]] -= mean[b, c, s]
+                Te[c, idx[s]] = sTe[b, c, s]
+        value[b] -= loglam[b]
+        for c in range(C):
+            for p in range(P):
+                grad[b, p] += Y[c] * dG[b, c, p] + (G[c] - sR[b, c]) * Q[b, c, p] - sT[b, c] * a[c, p] - Te[c, p]
+        if not hessian:
+            continue
+        Hb = H[b]
+        M = np.empty((2 * C, P))  # (Q_c, a_c)
+        RD = np.empty((C, P))  # sum_i w R_ic D_ic
+        for c in range(C):
+            for p in range(P):
+                M[c, p], M[C + c, p] = Q[b, c, p], a[c, p]
+                RD[c, p] = sR[b, c] * a[c, p]
+            for s in range(S):
+                RD[c, idx[s]] += sRe[b, c, s]
+        uM = np.zeros((2 * C, P))  # suu M
+        for x in range(2 * C):
+            for y in range(2 * C):
+                for p in range(P):
+                    uM[x, p] += suu[b, x, y] * M[y, p]
+        uE = np.zeros((2 * C, P))
+        for x in range(2 * C):
+            for s in range(S):
+                uE[x, idx[s]] = suE[b, x, s]
+        for c in range(C):
+            g_, y_, r_, t_ = G[c], Y[c], sR[b, c], sT[b, c]
+            for p in range(P):
+                qp, dp, ap, rp, tp = Q[b, c, p], dG[b, c, p], a[c, p], RD[c, p], Te[c, p]
+                for q in range(P):
+                    qq, dq, aq = Q[b, c, q], dG[b, c, q], a[c, q]
+                    Hb[p, q] += ((g_ - r_) * F2[b, c, p, q] + g_ * (qp * dq + dp * qq) + y_ * dp * dq
+                                 - qp * RD[c, q] - rp * qq - t_ * ap * aq - ap * Te[c, q] - tp * aq)
+                Hb[p, p] += (y_ - t_) * d2G[b, c, p]
+        for x in range(2 * C):
+            for p in range(P):
+                mp, ep = M[x, p], uE[x, p]
+                for q in range(P):
+                    Hb[p, q] += mp * uM[x, q] + mp * uE[x, q] + ep * M[x, q]
+        for s in range(S):
+            Hb[idx[s], idx[s]] -= sTd2[b, s]
+            for t in range(S):
+                x = sEE[b, s, t] - sTee[b, s, t]
+                for c in range(C):
+                    x += sT[b, c] * second[b, c, s, t]
+                Hb[idx[s], idx[t]] += x
+    return value, grad, H

@@ -94,6 +94,11 @@ class ChannelModel:
                 torch.as_tensor(self.lumi))
 
     @cached_property
+    def kernel_constants(self) -> tuple[np.ndarray, ...]:
+        """:attr:`constants` as contiguous numpy arrays (the fused kernels' inputs)."""
+        return tuple(np.ascontiguousarray(t.numpy()) for t in self.constants)
+
+    @cached_property
     def own_shapes(self) -> tuple[np.ndarray, np.ndarray]:
         """Per process, the positions (in ``shape_index``) of its shape NPs, padded with -1
         (C, S_max), and their number (C,): what the fused kernels loop over."""
@@ -326,6 +331,23 @@ class ChannelEvents:
 
     def take(self, rows: torch.Tensor) -> ChannelEvents:
         return ChannelEvents(*(t[rows] for t in (self.w, self.logp, self.lo, self.hi, self.coef)))
+
+    @cached_property
+    def _compacted(self) -> dict:
+        return {}
+
+    def kernel_arrays(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``w`` and the per-process layout over a channel's ``own`` NPs
+        (:func:`hsbi.inference.kernels.compact_events`) the fused kernels read, made once per
+        channel structure (a fit evaluates a batch several times)."""
+        from hsbi.inference.kernels import compact_events
+
+        key = (own.tobytes(), own.shape)
+        if key not in self._compacted:
+            w, logp, lo, hi, coef = (np.ascontiguousarray(t.numpy()) for t in (self.w, self.logp, self.lo, self.hi,
+                                                                               self.coef))
+            self._compacted[key] = (w, *compact_events(logp, lo, hi, coef, own, counts))
+        return self._compacted[key]
 
 
 @dataclass(frozen=True)
