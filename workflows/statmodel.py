@@ -1,5 +1,5 @@
-"""The declared statistical model (``statmodel`` section): CheckDeclaredSamples (the ingested
-samples against the model, before any training), TrainRatio (one branch per network and member),
+"""The declared statistical model (``statmodel`` section): CheckDeclaredSamples and
+CheckDeclaredData (the ingested samples against the model, before any training), TrainRatio (one branch per network and member),
 FitDeclaredModel (the observed fit), DeclaredNeymanToys and DeclaredBelt (the Neyman belt) and
 DeclaredCoverage; InferProfileLikelihood, ConfidenceBelt and CoverageStudy run them for such
 configs."""
@@ -11,7 +11,7 @@ import json
 from workflows.framework import HSBITask, HSBIWorkflow, UserError
 from workflows.ingest import IngestSamples
 
-__all__ = ["CheckDeclaredSamples", "DeclaredBelt", "DeclaredCoverage", "DeclaredNeymanToys", "FitDeclaredModel",
+__all__ = ["CheckDeclaredData", "CheckDeclaredSamples", "DeclaredBelt", "DeclaredCoverage", "DeclaredNeymanToys", "FitDeclaredModel",
            "TrainRatio", "check_declared", "ingested_dirs"]
 
 
@@ -48,15 +48,23 @@ def check_declared(task: HSBITask) -> bool:
 
 
 class CheckDeclaredSamples(HSBITask):
-    """The model's ingested samples checked before any network trains: event-aligned variations
-    hold the nominal's events, every process has a positive expected yield, variations positive
-    yield ratios, data samples events; writes yields.json (yields, yield ratios, data events)."""
+    """The model's ingested MC samples checked before any network trains: event-aligned
+    variations hold the nominal's events, every process has a positive expected yield,
+    variations positive yield ratios; writes yields.json (yields, yield ratios). The channels'
+    observed data do not enter (CheckDeclaredData): the networks trained after it serve a
+    blinded (asimov) and an unblinded fit alike."""
 
     config_sections = ("statmodel",)
     ignored_keys = ("statmodel.normalisation_events", "statmodel.truth")
 
+    def significant_params(self) -> dict:
+        params = super().significant_params()
+        params["statmodel"]["channels"] = [{k: v for k, v in ch.items() if k != "data"}
+                                           for ch in params["statmodel"]["channels"]]
+        return params
+
     def requires(self) -> dict:
-        return _ingest_branches(self, self.analysis.statmodel.sample_names())
+        return _ingest_branches(self, self.analysis.statmodel.sample_names(data=False))
 
     def run(self) -> None:
         from hsbi.inference.declared import check_samples
@@ -64,6 +72,26 @@ class CheckDeclaredSamples(HSBITask):
         summary = self.run_hsbi(check_samples, self.analysis, ingested_dirs(self.requires()))
         with self.write() as out:
             (out / "yields.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+class CheckDeclaredData(HSBITask):
+    """The channels' observed data samples have events, checked before any network trains (a
+    requirement of the TrainRatio workflow, not of its branches' addresses); writes data.json
+    (events per channel)."""
+
+    config_sections = ("statmodel",)
+    ignored_keys = CheckDeclaredSamples.ignored_keys
+
+    def requires(self) -> dict:
+        statmodel = self.analysis.statmodel
+        return _ingest_branches(self, statmodel.sample_names() - statmodel.sample_names(data=False))
+
+    def run(self) -> None:
+        from hsbi.inference.declared import check_data
+
+        events = self.run_hsbi(check_data, self.analysis, ingested_dirs(self.requires()))
+        with self.write() as out:
+            (out / "data.json").write_text(json.dumps(events, indent=1) + "\n")
 
 
 class TrainRatio(HSBIWorkflow):
@@ -97,7 +125,7 @@ class TrainRatio(HSBIWorkflow):
 
     def workflow_requires(self) -> dict:
         return {**super().workflow_requires(), "samples": IngestSamples.req(self, branch=-1),
-                "checked": CheckDeclaredSamples.req(self)}
+                "checked": CheckDeclaredSamples.req(self), "data": CheckDeclaredData.req(self)}
 
     def run(self) -> None:
         from hsbi.training.statmodel import train_member

@@ -199,11 +199,12 @@ class StatModelConfig:
             _require(name in kinds, f"statmodel.truth.{name}", value,
                      f"a parameter of the model: one of {sorted(kinds)}")
 
-    def sample_names(self) -> set[str]:
-        """Every ingested sample the model names (nominal, variations and data)."""
+    def sample_names(self, data: bool = True) -> set[str]:
+        """Every ingested sample the model names (nominal, variations and, with ``data``, the
+        observed data)."""
         out: set[str] = set()
         for channel in self.channels:
-            if channel.data not in GENERATED_DATA:
+            if data and channel.data not in GENERATED_DATA:
                 out.add(channel.data)
             for proc in channel.processes:
                 out.update(proc.samples)

@@ -24,13 +24,14 @@ from hsbi.inference.statmodel import (
     Normalisation,
     compile_model,
     process_terms,
+    process_yields,
     shape_log_norm,
 )
 from hsbi.inference.toys import PoolChannel, ToyPool
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_samples", "load_nets", "neyman_grid", "neyman_point",
-           "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
+__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_data", "check_samples", "load_nets", "neyman_grid",
+           "neyman_point", "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
 
 #: (channel, process, np, side) -> ensemble members
 Nets = Mapping[tuple[str, str, str, str], Sequence[RatioNet]]
@@ -105,18 +106,24 @@ def normalisation_samples(cfg: AnalysisConfig, store: SampleStore, channel: int)
 
 
 def check_samples(cfg: AnalysisConfig, dirs: Mapping[str, Sequence]) -> dict:
-    """The ingested samples (``dirs``: sample name -> artifact directories) checked against the
-    model before any network trains: event-aligned variations hold the nominal's events, every
-    process has a positive expected yield and every variation a positive yield ratio, data
-    samples have events. Returns the yields, yield ratios (down, up) and data events by name."""
-    from hsbi.config.statmodel import GENERATED_DATA
-
+    """The ingested MC samples (``dirs``: sample name -> artifact directories) checked against
+    the model before any network trains: event-aligned variations hold the nominal's events,
+    every process has a positive expected yield and every variation a positive yield ratio.
+    Returns the yields and yield ratios (down, up) by name."""
     store = SampleStore(cfg, dirs)
     nominal, ratios = store.yields()
     compile_model(cfg.statmodel, nominal, ratios)
-    data = {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
     return {"yields": {"/".join(k): v for k, v in nominal.items()},
-            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}, "data_events": data}
+            "yield_ratios": {"/".join(k): list(v) for k, v in ratios.items()}}
+
+
+def check_data(cfg: AnalysisConfig, dirs: Mapping[str, Sequence]) -> dict:
+    """The channels' observed data samples have events (checked before any network trains);
+    returns their events by channel (none for asimov / toy data)."""
+    from hsbi.config.statmodel import GENERATED_DATA
+
+    store = SampleStore(cfg, dirs)
+    return {ch.name: len(store.data(ch).w) for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
 
 
 def toy_pool(cfg: AnalysisConfig, evaluators: Sequence[Evaluator], store: SampleStore) -> ToyPool:
@@ -137,10 +144,14 @@ def toy_pool(cfg: AnalysisConfig, evaluators: Sequence[Evaluator], store: Sample
 def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: AnalysisConfig, ch_index: int,
                      theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Test-split MC of every process with weights giving the model's expectation at ``theta``:
-    ``(x, w, per-process selection probabilities)``."""
+    the process's events reweighted by its shape factors there, scaled to its expected yield
+    ``nu_c(theta)`` (the shape product renormalised over the test split itself, so the dataset
+    carries the model's yields exactly). Returns ``(x, w, per-process selection probabilities)``."""
     ch_cfg, ch = cfg.statmodel.channels[ch_index], lik.model.channels[ch_index]
     t = torch.as_tensor(theta[None], dtype=DTYPE)
     log_norm = shape_log_norm(ch, lik.norms[ch_index], t)
+    F_all, logG = process_yields(ch, t)
+    nu = (F_all * torch.exp(logG))[0].numpy()
     xs, ws, probs = [], [], []
     for c, proc in enumerate(ch_cfg.processes):
         sample = store.process(ch_cfg, proc, "test")
@@ -151,7 +162,9 @@ def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: An
         F, q = process_terms(ch, events, t, log_norm)
         # each MC event carries its share of nu_c and the renormalised shape factor at theta
         factor = (F[0, c] * torch.exp(q[0, :, c] - events.logp[0, :, c])).numpy()
-        w = sample.w / sample.total * factor
+        w = sample.w * factor
+        if w.sum() > 0:
+            w = w * (nu[c] / w.sum())
         xs.append(sample.x), ws.append(w), probs.append(w / w.sum())
     return np.concatenate(xs), np.concatenate(ws), probs
 
@@ -162,20 +175,22 @@ def observed_dataset(cfg: AnalysisConfig, lik: Likelihood, evaluators: Sequence[
     a summary (events per channel, kind)."""
     truth = lik.model.truth_point()
     rng = np.random.default_rng(seed)
-    channels, summary = [], {}
+    channels, summary, pool = [], {}, None
     for i, (ch_cfg, ev) in enumerate(zip(cfg.statmodel.channels, evaluators)):
-        if ch_cfg.data == "asimov":
-            x, w, _ = _expected_events(lik, ev, store, cfg, i, truth)
-        elif ch_cfg.data == "toy":
-            x_all, w_all, _ = _expected_events(lik, ev, store, cfg, i, truth)
-            n = rng.poisson(w_all.sum())
-            x = x_all[rng.choice(len(w_all), n, p=w_all / w_all.sum())]
-            w = np.ones(n)
+        if ch_cfg.data == "toy":  # thrown as every toy is (the toy pool: Poisson counts, test-split
+            # events drawn by their shape factors), with the global observables at their nominal values
+            pool = pool or toy_pool(cfg, evaluators, store)
+            events = pool.throw_channel(lik, i, truth, rng)
+            w = events.w.numpy()[0]
         else:
-            data = store.data(ch_cfg)
-            x, w = data.x, np.ones(len(data.w))
-        channels.append(ev.events(x, w))
-        summary[ch_cfg.name] = {"data": ch_cfg.data, "events": len(x), "sum_weights": float(np.sum(w))}
+            if ch_cfg.data == "asimov":
+                x, w, _ = _expected_events(lik, ev, store, cfg, i, truth)
+            else:
+                data = store.data(ch_cfg)
+                x, w = data.x, np.ones(len(data.w))
+            events = ev.events(x, w)
+        channels.append(events)
+        summary[ch_cfg.name] = {"data": ch_cfg.data, "events": int(np.count_nonzero(w)), "sum_weights": float(np.sum(w))}
     aux = torch.as_tensor(lik.model.nominal_aux[None], dtype=DTYPE)
     return Dataset(tuple(channels), aux), summary
 

@@ -92,6 +92,14 @@ class ToyPool:
         aux = np.where(np.isfinite(sig), theta + np.nan_to_num(sig) * rng.standard_normal(theta.shape), np.nan)
         return Dataset(tuple(channels), torch.as_tensor(aux, dtype=DTYPE))
 
+    def throw_channel(self, lik: Likelihood, channel: int, theta: np.ndarray, rng: np.random.Generator
+                      ) -> ChannelEvents:
+        """The events of one toy (batch 1) of channel ``channel`` at ``theta`` (P,), as
+        :meth:`throw` makes them (an observed ``toy`` dataset: its global observables stay
+        nominal)."""
+        t = torch.as_tensor(np.asarray(theta, dtype=float)[None], dtype=DTYPE)
+        return _throw_channel(lik.model.channels[channel], self.channels[channel], t, rng)
+
 
 def _throw_channel(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: np.random.Generator) -> ChannelEvents:
     idx, w = draw_events(ch, pool, theta, rng)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+from hsbi.config.loader import load_config
+from hsbi.inference.statmodel import DTYPE, compile_model, process_yields
 from hsbi.models.many_np import ManyNP
 from tests.helpers import run_law
 
@@ -25,15 +28,16 @@ SMALL = ManyNP(shape_effects=ManyNP().shape_effects[:2])
 TINY = ManyNP(shape_effects=ManyNP().shape_effects[:1])
 
 
-def _one_error_line(proc: subprocess.CompletedProcess[str], store: Path) -> str:
+def _one_error_line(proc: subprocess.CompletedProcess[str], store: Path,
+                    before: tuple[str, ...] = ("IngestSamples",)) -> str:
     """The run failed with exactly one ``hsbi: error:`` line (luigi puts its ``ERROR: `` level
-    before an error raised in ``run()``), no traceback, and no artifact beyond the ingested
-    samples; returns the line from ``hsbi: error:``."""
+    before an error raised in ``run()``), no traceback, and no artifact beyond those of
+    ``before`` (the ingested samples); returns the line from ``hsbi: error:``."""
     lines = [line for line in proc.stdout.splitlines() if "hsbi: error:" in line]
     assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-3000:]
     assert lines[0].removeprefix("ERROR: ").startswith("hsbi: error:"), lines[0]
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
-    assert {p.parts[-3] for p in store.glob("*/*/manifest.json")} <= {"IngestSamples"}
+    assert {p.parts[-3] for p in store.glob("*/*/manifest.json")} <= set(before)
     return lines[0].removeprefix("ERROR: ")
 
 
@@ -89,7 +93,34 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
     assert checks["yields"] == pytest.approx({"SR/signal": 100.0, "SR/bkg1": 500.0, "SR/bkg2": 400.0})
     assert sorted(checks["yield_ratios"]) == ["SR/bkg1/shape_0", "SR/bkg2/shape_1", "SR/signal/shape_0",
                                               "SR/signal/shape_1"]
-    assert checks["data_events"] == {"SR": result["data"]["SR"]["events"]}
+    (data_check,) = (tmp_path / "store" / "CheckDeclaredData").iterdir()
+    assert json.loads((data_check / "data.json").read_text()) == {"SR": result["data"]["SR"]["events"]}
+    # the same model on asimov and toy data at statmodel.truth (mu = 1, shape_0 = 0.5; networks
+    # reused): the Asimov dataset carries the model's expected yield there; the toy is thrown as
+    # the toys are (a Poisson count of ~1,000 events). (Networks of one epoch on 800 events fit
+    # shape_0 at its bound on every dataset: no statement on the fitted values here.)
+    doc = yaml.safe_load(config.read_text())
+    for kind in ("asimov", "toy"):
+        doc["statmodel"]["channels"][0]["data"] = kind
+        (config.parent / f"{kind}.yaml").write_text(yaml.safe_dump(doc))  # sample paths are relative
+        proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config.parent / f"{kind}.yaml"),
+                       "--set", FAST, *SYNC, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    # nothing retrained: the networks do not depend on the channel's data (blinded and unblinded
+    # fits share them), only the data check does
+    assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11
+    assert len(list((tmp_path / "store" / "CheckDeclaredSamples").iterdir())) == 1
+    results = [json.loads(p.read_text()) for p in (tmp_path / "store" / "InferProfileLikelihood").glob("*/result.json")]
+    by_kind = {r["data"]["SR"]["data"]: r for r in results}
+    assert set(by_kind) == {"data", "asimov", "toy"}
+    asimov, toy = by_kind["asimov"], by_kind["toy"]
+    # the model's expected yield at the truth (shape_0 = 0.5 moves it through the yield ratios)
+    model = compile_model(load_config(str(config)).statmodel,
+                          {tuple(k.split("/")): v for k, v in checks["yields"].items()},
+                          {tuple(k.split("/")): tuple(v) for k, v in checks["yield_ratios"].items()})
+    F, logG = process_yields(model.channels[0], torch.as_tensor(model.truth_point()[None], dtype=DTYPE))
+    assert asimov["data"]["SR"]["sum_weights"] == pytest.approx(float((F * torch.exp(logG)).sum()), rel=1e-9)
+    assert 850 < toy["data"]["SR"]["events"] == toy["data"]["SR"]["sum_weights"] < 1150
 
 
 def test_samples_without_model_is_an_error(tmp_path: Path) -> None:
@@ -112,6 +143,24 @@ def _zero_weights(samples: Path, cfg: dict) -> None:
     next(s for s in cfg["samples"] if s["name"] == "bkg2")["weight"] = "0 * w"
 
 
+def _empty_data(samples: Path) -> None:
+    """The data sample has no events."""
+    path = samples / "data.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+
+
+@pytest.mark.slow
+def test_empty_data_stops_before_training(tmp_path: Path) -> None:
+    """An observed data sample without events is one error line of CheckDeclaredData, before any
+    network trains (the MC check may have run beside it)."""
+    config = TINY.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
+    _empty_data(config.parent)
+    proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), *SYNC)
+    line = _one_error_line(proc, tmp_path / "store", ("IngestSamples", "CheckDeclaredSamples"))
+    assert line.startswith("hsbi: error: CheckDeclaredData: statmodel channel 'SR': the data sample 'data' has no "
+                           "events"), line
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("edit", "message"), [
     pytest.param(_drop_events, "hsbi: error: CheckDeclaredSamples: config key 'statmodel.channels[0].processes[0]"
@@ -123,10 +172,10 @@ def _zero_weights(samples: Path, cfg: dict) -> None:
 ])
 def test_bad_samples_stop_before_training(tmp_path: Path, edit: Callable[[Path, dict], None], message: str) -> None:
     """What only the ingested samples show is one error line of CheckDeclaredSamples, before
-    any network trains."""
+    any network trains (the data check may have run beside it)."""
     config = TINY.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
     cfg = yaml.safe_load(config.read_text())
     edit(config.parent, cfg)
     config.write_text(yaml.safe_dump(cfg))
     proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), *SYNC)
-    assert _one_error_line(proc, tmp_path / "store").startswith(message)
+    assert _one_error_line(proc, tmp_path / "store", ("IngestSamples", "CheckDeclaredData")).startswith(message)
