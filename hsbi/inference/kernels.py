@@ -441,9 +441,11 @@ def event_sums(rows, alpha, base, F, w, logp_t, lo_t, hi_t, coef_t, own, counts,
                 elif wb[i] != 0.0:
                     loglam[r] += wb[i] * (tq[i] + math.log(lam))
             loglam[r] += tsum + math.log(acc)
+            for i in range(m):
+                top[i] = 1.0 / top[i]
             for c in range(C):
                 for i in range(m):
-                    x = u[c, i] / top[i]
+                    x = u[c, i] * top[i]
                     u[c, i] = x
                     u[C + c, i] = F[r, c] * x
                 s1, s2 = 0.0, 0.0
