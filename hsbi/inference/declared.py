@@ -319,8 +319,10 @@ def declared_coverage(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members
     independent reference toys at the same point for the Neyman critical values. Per level: the
     Neyman coverage (the construction's own check: toys, fits and quantiles) and the Wilks
     coverage (the asymptotic intervals, MINOS's), with binomial errors; failed fits count as
-    ``t = +inf``. Returns the summary and the datasets' ``t``."""
-    from hsbi.inference.toys import coverage, toy_t
+    ``t = +inf``; the mean width of the Wilks interval at the first level over
+    ``inference.coverage.width_datasets`` datasets of their own (batched, MINOS's edges). Returns
+    the summary and the datasets' ``t``."""
+    from hsbi.inference.toys import coverage, toy_t, wilks_intervals
 
     torch.set_num_threads(1)
     lik, evaluators, store, _, _ = prepare(cfg, dirs, members)
@@ -336,7 +338,18 @@ def declared_coverage(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members
     for k, c in levels.items():
         log(f"coverage {k}%: Neyman {c['coverage']:.3f} +- {c['error']:.3f}, Wilks {c['wilks_coverage']:.3f} "
             f"+- {c['wilks_error']:.3f}")
-    return {"poi": model.poi, "truth": point, "datasets": n, "reference_toys": 2 * n, "levels": levels}, datasets.t
+    summary = {"poi": model.poi, "truth": point, "datasets": n, "reference_toys": 2 * n, "levels": levels}
+    n_width = cfg.inference.coverage.width_datasets
+    if n_width:  # datasets of their own (seed + 2), thrown as the others
+        level = cfg.inference.levels[0]
+        toys = pool.throw(lik, np.tile(truth, (n_width, 1)), np.random.default_rng(seed + 2))
+        edges = wilks_intervals(lik, toys, level, np.tile(truth, (n_width, 1)))
+        widths = (edges[:, 1] - edges[:, 0])[np.isfinite(edges).all(1)]
+        summary["mean_width"] = {key(level): float(widths.mean()) if len(widths) else None,
+                                 "error": float(widths.std(ddof=1) / np.sqrt(len(widths))) if len(widths) > 1 else None,
+                                 "datasets": int(len(widths)), "failed": int(n_width - len(widths))}
+        log(f"mean Wilks width {key(level)}%: {summary['mean_width'][key(level)]} over {len(widths)} datasets")
+    return summary, datasets.t
 
 
 def belt_summary(cfg: AnalysisConfig, points: Sequence[Mapping], fit_result: Mapping) -> dict:

@@ -76,9 +76,10 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
     assert belt["grid"][0] <= mu_hat < belt["grid"][-1]  # around mu_hat (a bound may cut it)
     assert set(belt["intervals"]) == {"68.27", "95"} and belt["minos"] == result["intervals"]["minos"]
     assert (belt_dir / "belt.png").stat().st_size > 0
-    # coverage at statmodel.truth from toys of the same model: 20 datasets, 40 reference toys
+    # coverage at statmodel.truth from toys of the same model: 20 datasets, 40 reference toys,
+    # the mean Wilks width over 5 more
     proc = run_law(tmp_path / "store", "CoverageStudy", "--config", str(config), "--set",
-                   FAST + ",inference.coverage.datasets=20,inference.coverage.width_datasets=0", *SYNC, timeout=900)
+                   FAST + ",inference.coverage.datasets=20,inference.coverage.width_datasets=5", *SYNC, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11  # nothing retrained
     (cov_dir,) = (tmp_path / "store" / "CoverageStudy").iterdir()
@@ -88,6 +89,8 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
         assert c["failed_datasets"] == 0 and c["failed_reference"] == 0
         assert abs(c["pull"]) < 3, (level, c)  # binomial error of 20 datasets and 40 toys
     assert (cov_dir / "coverage.png").stat().st_size > 0
+    width = cov["mean_width"]  # the Wilks 68.3% interval's, over 5 datasets of their own
+    assert width["datasets"] + width["failed"] == 5 and width["datasets"] >= 4 and width["68.27"] > 0
     (checked,) = (tmp_path / "store" / "CheckDeclaredSamples").iterdir()
     checks = json.loads((checked / "yields.json").read_text())
     assert checks["yields"] == pytest.approx({"SR/signal": 100.0, "SR/bkg1": 500.0, "SR/bkg2": 400.0})
