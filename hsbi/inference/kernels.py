@@ -32,7 +32,7 @@ import tempfile
 import numba as nb
 import numpy as np
 
-__all__ = ["assemble", "compact", "compact_events", "event_sums", "norm_sums", "own_indices", "yield_terms"]
+__all__ = ["assemble", "compact", "compact_events", "event_sums", "gather_events", "norm_sums", "own_indices", "yield_terms"]
 
 # numba caches beside this file, or in the user's cache directory where this one is read-only; a
 # batch job whose user can write neither (no home) would fail to compile: a temporary directory
@@ -255,28 +255,71 @@ def compact(lo: np.ndarray, hi: np.ndarray, coef: np.ndarray, own: np.ndarray, c
     return lo_t, hi_t, coef_t
 
 
-@nb.njit(cache=True, parallel=True)
-def compact_events(logp, lo, hi, coef, own, counts):
+def compact_events(logp: np.ndarray, lo: np.ndarray, hi: np.ndarray, coef: np.ndarray, own: np.ndarray,
+                   counts: np.ndarray) -> tuple[np.ndarray, ...]:
     """The events' ``logp`` (B, n, C), ``lo``, ``hi`` (B, n, C, S) and ``coef`` (B, n, C, S, 6)
     per process over its own NPs, events last (what :func:`event_sums` reads in vectorised
     blocks): (B, C, n), (B, C, K, n), (B, C, K, n), (B, C, K, 6, n); a third of the memory of the
-    dense layout with three processes."""
+    dense layout with three processes. Entries past a process's ``counts`` are left unset (never
+    read). The outputs are allocated by numpy, whose large arrays get transparent huge pages:
+    numba's zero-filled allocation faults every 4 KiB page in, 7x slower on a VM."""
     B, n, C = logp.shape
     K = own.shape[1]
-    logp_t = np.empty((B, C, n))
-    lo_t, hi_t = np.zeros((B, C, K, n)), np.zeros((B, C, K, n))
-    coef_t = np.zeros((B, C, K, 6, n))
+    out = (np.empty((B, C, n)), np.empty((B, C, K, n)), np.empty((B, C, K, n)), np.empty((B, C, K, 6, n)))
+    _compact_events(logp, lo, hi, coef, own, counts, *out)
+    return out
+
+
+def gather_events(idx: np.ndarray, w: np.ndarray, logp_t: np.ndarray, lo_t: np.ndarray, hi_t: np.ndarray,
+                  coef_t: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Datasets of events ``idx`` (B, n) of a pool in the layout of :func:`compact_events` (the
+    pool's own, batch 1): ``w`` (B, n) and (B, C, n), (B, C, K, n), (B, C, K, n), (B, C, K, 6, n),
+    read from the pool's compact rows (cache-sized) instead of the toys' dense ones."""
+    B, n = idx.shape
+    _, C, K, _, _ = coef_t.shape
+    out = (np.empty((B, C, n)), np.empty((B, C, K, n)), np.empty((B, C, K, n)), np.empty((B, C, K, 6, n)))
+    _gather_events(np.ascontiguousarray(idx, dtype=np.int64), logp_t, lo_t, hi_t, coef_t, *out)
+    return (np.ascontiguousarray(w, dtype=np.float64), *out)
+
+
+@nb.njit(cache=True, parallel=True)
+def _gather_events(idx, logp_t, lo_t, hi_t, coef_t, logp_o, lo_o, hi_o, coef_o):
+    B, n = idx.shape
+    _, C, K, _, _ = coef_t.shape
     for b in nb.prange(B):
-        for i in range(n):
+        for c in range(C):
+            for i in range(n):
+                logp_o[b, c, i] = logp_t[0, c, idx[b, i]]
+            for j in range(K):
+                for i in range(n):
+                    lo_o[b, c, j, i] = lo_t[0, c, j, idx[b, i]]
+                for i in range(n):
+                    hi_o[b, c, j, i] = hi_t[0, c, j, idx[b, i]]
+                for x in range(6):
+                    for i in range(n):
+                        coef_o[b, c, j, x, i] = coef_t[0, c, j, x, idx[b, i]]
+
+
+@nb.njit(cache=True, parallel=True)
+def _compact_events(logp, lo, hi, coef, own, counts, logp_t, lo_t, hi_t, coef_t):
+    B, n, C = logp.shape
+    for b in nb.prange(B):
+        # blocks of events: the block's dense rows stay in cache while each destination row is
+        # written contiguously
+        for i0 in range(0, n, 64):
+            i1 = min(n, i0 + 64)
             for c in range(C):
-                logp_t[b, c, i] = logp[b, i, c]
+                for i in range(i0, i1):
+                    logp_t[b, c, i] = logp[b, i, c]
                 for j in range(counts[c]):
                     s = own[c, j]
-                    lo_t[b, c, j, i] = lo[b, i, c, s]
-                    hi_t[b, c, j, i] = hi[b, i, c, s]
+                    for i in range(i0, i1):
+                        lo_t[b, c, j, i] = lo[b, i, c, s]
+                    for i in range(i0, i1):
+                        hi_t[b, c, j, i] = hi[b, i, c, s]
                     for x in range(6):
-                        coef_t[b, c, j, x, i] = coef[b, i, c, s, x]
-    return logp_t, lo_t, hi_t, coef_t
+                        for i in range(i0, i1):
+                            coef_t[b, c, j, x, i] = coef[b, i, c, s, x]
 
 
 @nb.njit(cache=True, parallel=True)

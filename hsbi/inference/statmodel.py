@@ -349,6 +349,11 @@ class ChannelEvents:
             self._compacted[key] = (w, *compact_events(logp, lo, hi, coef, own, counts))
         return self._compacted[key]
 
+    def set_kernel_arrays(self, own: np.ndarray, arrays: tuple[np.ndarray, ...]) -> None:
+        """Give :meth:`kernel_arrays` for ``own`` made elsewhere (toys gathered from their pool's
+        layout: :func:`hsbi.inference.kernels.gather_events`)."""
+        self._compacted[(own.tobytes(), own.shape)] = arrays
+
 
 @dataclass(frozen=True)
 class Dataset:

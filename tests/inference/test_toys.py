@@ -88,6 +88,23 @@ def test_pool_reweighting_moves_the_shape(setup: tuple) -> None:
         assert abs(pool_mean - sign * kl) < 4 * 0.2 / math.sqrt(mine.sum())
 
 
+def test_toys_gather_the_kernels_layout_from_the_pool(setup: tuple) -> None:
+    """The fused kernels' per-process layout of thrown toys, gathered from the pool's, equals the
+    one compacted from the toys' dense terms."""
+    from hsbi.inference.kernels import compact_events
+
+    lik, pool, _ = setup
+    toys = pool.throw(lik, np.tile(lik.model.point(TRUTH), (3, 1)), np.random.default_rng(2))
+    ev, (own, counts) = toys.channels[0], lik.model.channels[0].own_shapes
+    got = ev.kernel_arrays(own, counts)
+    ref = compact_events(*(np.ascontiguousarray(t.numpy()) for t in (ev.logp, ev.lo, ev.hi, ev.coef)), own, counts)
+    np.testing.assert_array_equal(got[0], ev.w.numpy())
+    np.testing.assert_array_equal(got[1], ref[0])
+    for a, b in zip(got[2:], ref[1:]):  # entries past a process's own NPs are never read
+        for c, k in enumerate(counts):
+            np.testing.assert_array_equal(a[:, c, :k], b[:, c, :k])
+
+
 def test_batched_t_equals_minuit_fits(setup: tuple) -> None:
     lik, pool, _ = setup
     truth = lik.model.point(TRUTH)
