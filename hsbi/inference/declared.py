@@ -347,7 +347,7 @@ def declared_coverage(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members
         widths = (edges[:, 1] - edges[:, 0])[np.isfinite(edges).all(1)]
         summary["mean_width"] = {key(level): float(widths.mean()) if len(widths) else None,
                                  "error": float(widths.std(ddof=1) / np.sqrt(len(widths))) if len(widths) > 1 else None,
-                                 "datasets": int(len(widths)), "failed": int(n_width - len(widths))}
+                                 "datasets": len(widths), "failed": n_width - len(widths)}
         log(f"mean Wilks width {key(level)}%: {summary['mean_width'][key(level)]} over {len(widths)} datasets")
     return summary, datasets.t
 

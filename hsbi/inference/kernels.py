@@ -32,7 +32,8 @@ import tempfile
 import numba as nb
 import numpy as np
 
-__all__ = ["assemble", "compact", "compact_events", "event_sums", "gather_events", "norm_sums", "own_indices", "yield_terms"]
+__all__ = ["assemble", "compact", "compact_events", "event_sums", "gather_events", "norm_sums", "own_indices",
+           "pool_log_factors", "yield_terms"]
 
 # numba caches beside this file, or in the user's cache directory where this one is read-only; a
 # batch job whose user can write neither (no home) would fail to compile: a temporary directory
@@ -298,6 +299,50 @@ def _gather_events(idx, logp_t, lo_t, hi_t, coef_t, logp_o, lo_o, hi_o, coef_o):
                 for x in range(6):
                     for i in range(n):
                         coef_o[b, c, j, x, i] = coef_t[0, c, j, x, idx[b, i]]
+
+
+def pool_log_factors(alpha: np.ndarray, starts: np.ndarray, own: np.ndarray, counts: np.ndarray, lo_t: np.ndarray,
+                     hi_t: np.ndarray, coef_t: np.ndarray) -> np.ndarray:
+    """``sum_s log I4(alpha_s)`` over its own process's shape NPs for every event of a toy pool
+    (B, N), per row of ``alpha`` (B, S): the pool's events grouped by process (``starts`` (C + 1,)
+    their boundaries), its terms in the layout of :func:`compact_events` (batch 1). What the
+    toys' draws reweight the pool by."""
+    out = np.empty((alpha.shape[0], coef_t.shape[-1]))
+    _pool_log_factors(np.ascontiguousarray(alpha), starts, own, counts, lo_t, hi_t, coef_t, out)
+    return out
+
+
+@nb.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _pool_log_factors(alpha, starts, own, counts, lo_t, hi_t, coef_t, out):
+    B, C = alpha.shape[0], counts.shape[0]
+    for b in nb.prange(B):
+        for c in range(C):
+            e0, e1 = starts[c], starts[c + 1]
+            prod = np.ones(e1 - e0)
+            for e in range(e0, e1):
+                out[b, e] = 0.0
+            for j in range(counts[c]):
+                a = alpha[b, own[c, j]]
+                if abs(a) < 1.0:
+                    cf = coef_t[0, c, j]
+                    for e in range(e0, e1):
+                        p, _, _ = _horner(a, cf[0, e], cf[1, e], cf[2, e], cf[3, e], cf[4, e], cf[5, e])
+                        prod[e - e0] *= p
+                else:
+                    row, sign = (hi_t[0, c, j], 1.0) if a >= 0 else (lo_t[0, c, j], -1.0)
+                    for e in range(e0, e1):
+                        out[b, e] += a * sign * row[e]
+            for e in range(e0, e1):
+                pr = prod[e - e0]
+                if pr > 1e-280 and pr < 1e280:
+                    out[b, e] += math.log(pr)
+                else:  # under- or overflowed: the logs one by one
+                    for j in range(counts[c]):
+                        a = alpha[b, own[c, j]]
+                        if abs(a) < 1.0:
+                            cf = coef_t[0, c, j]
+                            p, _, _ = _horner(a, cf[0, e], cf[1, e], cf[2, e], cf[3, e], cf[4, e], cf[5, e])
+                            out[b, e] += math.log(p)
 
 
 @nb.njit(cache=True, parallel=True)

@@ -31,7 +31,6 @@ from hsbi.inference.statmodel import (
     ChannelEvents,
     ChannelModel,
     Dataset,
-    code4_shared_terms,
     process_yields,
 )
 from hsbi.models.interpolation import code4_coefficients
@@ -123,10 +122,13 @@ def draw_events(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: n
     B = theta.shape[0]
     F, logG = process_yields(ch, theta)
     counts = rng.poisson((F * torch.exp(logG)).numpy())  # (B, C)
-    if len(ch.shape_index):
-        (L,) = code4_shared_terms(theta[:, ch.shape_index], pool.own_lo[None], pool.own_hi[None],
-                                  pool.own_coef[None], derivatives=False)
-        logf = L[:, 0].sum(-1).numpy()  # (B, N)
+    if len(ch.shape_index):  # each event's own process's shape NPs, on the pool's kernel layout
+        from hsbi.inference.kernels import pool_log_factors
+
+        own, n_own = ch.own_shapes
+        starts = np.searchsorted(pool.process, np.arange(len(ch.processes) + 1))
+        logf = pool_log_factors(theta.numpy()[:, ch.shape_index], starts, own, n_own,
+                                *pool.events.kernel_arrays(own, n_own)[2:])  # (B, N)
     else:
         logf = np.zeros((B, len(pool.process)))
     idx = np.zeros((B, max(int(counts.sum(1).max()), 1)), dtype=np.int64)
@@ -211,7 +213,7 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     from hsbi.inference.derivatives import nll_grad_hess
 
     model = lik.model
-    B, P, k = data.batch, len(model.names), model.poi_index
+    B, k = data.batch, model.poi_index
     q = float(chi2.ppf(level, 1))
     start = np.tile(model.init, (B, 1)) if start is None else start
     glob = fit_batch(lik, data, start)

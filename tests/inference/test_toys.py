@@ -105,6 +105,25 @@ def test_toys_gather_the_kernels_layout_from_the_pool(setup: tuple) -> None:
             np.testing.assert_array_equal(a[:, c, :k], b[:, c, :k])
 
 
+def test_pool_factors_equal_the_tensor_expressions(setup: tuple) -> None:
+    """The pool's shape factors per toy (the fused kernel over each event's own NPs) equal the
+    code-4 tensor expressions over the dense terms, on both sides of |alpha| = 1."""
+    from hsbi.inference.kernels import pool_log_factors
+    from hsbi.inference.statmodel import code4_shared_terms
+
+    lik, pool, _ = setup
+    ch, pc = lik.model.channels[0], pool.channels[0]
+    theta = np.tile(lik.model.point(TRUTH), (4, 1))
+    theta[:, ch.shape_index] += np.random.default_rng(6).normal(0, 1.3, (4, len(ch.shape_index)))
+    t = torch.as_tensor(theta, dtype=DTYPE)
+    (L,) = code4_shared_terms(t[:, ch.shape_index], pc.own_lo[None], pc.own_hi[None], pc.own_coef[None],
+                              derivatives=False)
+    own, counts = ch.own_shapes
+    starts = np.searchsorted(pc.process, np.arange(len(ch.processes) + 1))
+    got = pool_log_factors(theta[:, ch.shape_index], starts, own, counts, *pc.events.kernel_arrays(own, counts)[2:])
+    np.testing.assert_allclose(got, L[:, 0].sum(-1).numpy(), rtol=0, atol=1e-12)
+
+
 def test_batched_t_equals_minuit_fits(setup: tuple) -> None:
     lik, pool, _ = setup
     truth = lik.model.point(TRUTH)
