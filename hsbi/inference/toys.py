@@ -33,7 +33,6 @@ from hsbi.inference.statmodel import (
     Dataset,
     process_yields,
 )
-from hsbi.models.interpolation import code4_coefficients
 
 if TYPE_CHECKING:  # fitting imports batched_fit: no import of it at run time
     from hsbi.inference.fitting import Likelihood
@@ -48,15 +47,12 @@ class PoolChannel:
     """Held-out MC events of every process of one channel with their per-event terms.
 
     ``events`` holds the terms of all ``N`` pool events as one dataset (batch 1); ``process``
-    (N,) the process each event belongs to; ``share`` (N,) its weight over its process's
-    total; ``own_lo``/``own_hi``/``own_coef`` its own process's shape log ratios (N, S)."""
+    (N,) the process each event belongs to (grouped by process); ``share`` (N,) its weight
+    over its process's total."""
 
     events: ChannelEvents
     process: np.ndarray
     share: np.ndarray
-    own_lo: torch.Tensor
-    own_hi: torch.Tensor
-    own_coef: torch.Tensor
 
     @classmethod
     def of(cls, weights: Sequence[np.ndarray], logp: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolChannel:
@@ -68,10 +64,7 @@ class PoolChannel:
             if len(w) and not (np.all(w > 0) and np.isfinite(w).all()):
                 raise ValueError(f"toy pool of process {c}: expected positive finite weights")
         share = np.concatenate([w / w.sum() if len(w) else w for w in weights]).astype(float)
-        rows = np.arange(len(process))
-        own_lo, own_hi = lo[rows, process], hi[rows, process]
-        return cls(ChannelEvents.of(np.ones((1, len(process))), logp[None], lo[None], hi[None]), process, share,
-                   *(torch.as_tensor(a, dtype=DTYPE) for a in (own_lo, own_hi, code4_coefficients(own_lo, own_hi))))
+        return cls(ChannelEvents.of(np.ones((1, len(process))), logp[None], lo[None], hi[None]), process, share)
 
 
 @dataclass(frozen=True)
@@ -208,13 +201,12 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     analytic Hessian's ``sigma``) and moves by the secant of ``sqrt(t)`` (linear in ``mu`` for a
     parabolic ``t``) until ``|t - q| < tol``; an edge beyond a bound of the POI whose ``t``
     stays below ``q`` there is the bound. NaN where a fit failed or an edge did not converge."""
-    from scipy.stats import chi2
-
     from hsbi.inference.derivatives import nll_grad_hess
+    from hsbi.inference.fitting import wilks_threshold
 
     model = lik.model
     B, k = data.batch, model.poi_index
-    q = float(chi2.ppf(level, 1))
+    q = wilks_threshold(level)
     start = np.tile(model.init, (B, 1)) if start is None else start
     glob = fit_batch(lik, data, start)
     hold = np.array([p.fixed for p in model.parameters])

@@ -110,14 +110,17 @@ def test_pool_factors_equal_the_tensor_expressions(setup: tuple) -> None:
     code-4 tensor expressions over the dense terms, on both sides of |alpha| = 1."""
     from hsbi.inference.kernels import pool_log_factors
     from hsbi.inference.statmodel import code4_shared_terms
+    from hsbi.models.interpolation import code4_coefficients
 
     lik, pool, _ = setup
     ch, pc = lik.model.channels[0], pool.channels[0]
     theta = np.tile(lik.model.point(TRUTH), (4, 1))
     theta[:, ch.shape_index] += np.random.default_rng(6).normal(0, 1.3, (4, len(ch.shape_index)))
     t = torch.as_tensor(theta, dtype=DTYPE)
-    (L,) = code4_shared_terms(t[:, ch.shape_index], pc.own_lo[None], pc.own_hi[None], pc.own_coef[None],
-                              derivatives=False)
+    rows = np.arange(len(pc.process))  # each event's own process's log ratios (N, S)
+    own_lo, own_hi = pc.events.lo[0][rows, pc.process], pc.events.hi[0][rows, pc.process]
+    own_coef = torch.as_tensor(code4_coefficients(own_lo.numpy(), own_hi.numpy()), dtype=DTYPE)
+    (L,) = code4_shared_terms(t[:, ch.shape_index], own_lo[None], own_hi[None], own_coef[None], derivatives=False)
     own, counts = ch.own_shapes
     starts = np.searchsorted(pc.process, np.arange(len(ch.processes) + 1))
     got = pool_log_factors(theta[:, ch.shape_index], starts, own, counts, *pc.events.kernel_arrays(own, counts)[2:])
