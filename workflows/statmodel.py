@@ -105,11 +105,12 @@ class TrainRatio(HSBIWorkflow):
     reproducibility = {"rtol": 1e-4, "atol": 1e-5}
 
     def create_branch_map(self) -> dict[int, dict]:
-        from hsbi.data.statmodel import ratio_tasks
+        from hsbi.data.statmodel import network_inputs, ratio_tasks
 
         cfg = self.analysis
-        nets = ratio_tasks(cfg)
-        return {i: {**net, "member": m, "seed": cfg.training.seed + m, "samples": sorted(self._samples(net))}
+        nets = [{**net, "inputs": network_inputs(cfg, net), "samples": sorted(self._samples(net))}
+                for net in ratio_tasks(cfg)]
+        return {i: {**net, "member": m, "seed": cfg.training.seed + m}
                 for i, (m, net) in enumerate((m, n) for m in range(cfg.training.members) for n in nets)}
 
     def _samples(self, net: dict) -> set[str]:
@@ -121,7 +122,10 @@ class TrainRatio(HSBIWorkflow):
         return {*proc.samples, *(mod.up if net["side"] == "up" else mod.down)}
 
     def requires(self) -> dict:
-        return {"checked": CheckDeclaredSamples.req(self), **_ingest_branches(self, set(self.branch_data["samples"]))}
+        # the checks are the workflow's requirements, for order only: their code (the model's
+        # compilation in hsbi.inference) computes nothing a network learns from, and must not
+        # reach the networks' addresses (an edit of the fitting code would retrain them)
+        return _ingest_branches(self, set(self.branch_data["samples"]))
 
     def workflow_requires(self) -> dict:
         return {**super().workflow_requires(), "samples": IngestSamples.req(self, branch=-1),

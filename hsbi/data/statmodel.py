@@ -16,7 +16,7 @@ from hsbi.data.ingest.split import SPLITS
 from hsbi.data.ingest.tensors import ShardSet
 from hsbi.exceptions import DataError
 
-__all__ = ["Events", "SampleStore", "ratio_tasks"]
+__all__ = ["Events", "SampleStore", "network_inputs", "ratio_tasks"]
 
 Dirs = Mapping[str, Sequence[str | Path]]
 
@@ -118,6 +118,23 @@ class SampleStore:
                             f"config key '{key}.{side}' = {varied!r}: expected the events of the nominal "
                             f"{nominal!r} (aligned: true), or aligned: false; the {split} split has {n_var} "
                             f"events, the nominal's {n_nom} (events missing or extra)")
+
+
+def network_inputs(cfg: AnalysisConfig, net: dict[str, str]) -> dict:
+    """What of the model one network (from :func:`ratio_tasks`) learns from: the channel's
+    features and, for a nominal ratio, every process's samples (its reference mixture); for a
+    shape ratio, the process's samples and the modifier's variation (samples or weight columns).
+    A network's address hashes this, not the whole model: a normsys edit, a new NP or another
+    process's variation leaves it in place."""
+    ch = next(c for c in cfg.statmodel.channels if c.name == net["channel"])
+    proc = next(p for p in ch.processes if p.name == net["process"])
+    if not net["np"]:
+        return {"features": list(ch.features), "processes": {p.name: list(p.samples) for p in ch.processes}}
+    mod = next(m for m in proc.modifiers if m.name == net["np"] and m.type == "normplusshape")
+    side = net["side"]
+    variation = ({"weight": mod.weight_up if side == "up" else mod.weight_down} if mod.weight_up
+                 else {"samples": list(mod.up if side == "up" else mod.down)})
+    return {"features": list(ch.features), "nominal": list(proc.samples), "variation": variation}
 
 
 def ratio_tasks(cfg: AnalysisConfig) -> list[dict[str, str]]:

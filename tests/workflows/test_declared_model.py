@@ -16,7 +16,7 @@ import yaml
 from hsbi.config.loader import load_config
 from hsbi.inference.statmodel import DTYPE, compile_model, process_yields
 from hsbi.models.many_np import ManyNP
-from tests.helpers import run_law
+from tests.helpers import ROOT, run_law
 
 FAST = "training.max_epochs=1,training.members=1,inference.scan_points=11"
 #: ingestion in the law process (a dask LocalCluster per sample costs seconds each)
@@ -182,3 +182,56 @@ def test_bad_samples_stop_before_training(tmp_path: Path, edit: Callable[[Path, 
     config.write_text(yaml.safe_dump(cfg))
     proc = run_law(tmp_path / "store", "InferProfileLikelihood", "--config", str(config), *SYNC)
     assert _one_error_line(proc, tmp_path / "store", ("IngestSamples", "CheckDeclaredData")).startswith(message)
+
+
+def _network_addresses(config: Path, store: Path, monkeypatch: pytest.MonkeyPatch,
+                       edit: tuple[str, str, str] | None = None) -> tuple[list[str], str, str]:
+    """TrainRatio's branch addresses, CheckDeclaredSamples' and FitDeclaredModel's, computed in
+    this process (no run) with ``edit`` = (file, old, new) applied to the project's source as the
+    code versions read it."""
+    from luigi.task_register import Register
+
+    from hsbi.store import code
+    from workflows.statmodel import CheckDeclaredSamples, FitDeclaredModel, TrainRatio
+
+    monkeypatch.setenv("HSBI_STORE", str(store))
+    read = code._read
+    if edit is not None:
+        file, old, new = edit
+        assert old in (ROOT / file).read_text(), f"{file} no longer contains {old!r}: update the test"
+        monkeypatch.setattr(code, "_read", lambda p: read(p).replace(old, new, 1) if p == ROOT / file else read(p))
+    code.clear_code_cache()
+    Register.clear_instance_cache()
+    try:
+        kw = {"config": str(config)}
+        branches = [b.address for b in TrainRatio(**kw).get_branch_tasks().values()]
+        return branches, CheckDeclaredSamples(**kw).address, FitDeclaredModel(**kw).address
+    finally:
+        monkeypatch.setattr(code, "_read", read)
+        code.clear_code_cache()
+        Register.clear_instance_cache()
+
+
+def test_networks_address_only_what_they_learn_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit of the fitting code (kernels, the model's compilation that checks the samples) or
+    of a normsys kappa leaves every network's address in place and moves the fit's; an edit of
+    the training code moves every network's and leaves the sample check's in place."""
+    config = TINY.write_samples(tmp_path / "samples", seed=2, n_mc_per_process=50)
+    store = tmp_path / "store"
+    nets, check, fit = _network_addresses(config, store, monkeypatch)
+    # 3 members of 3 nominal ratios and of shape_0's up and down ratios of the signal and bkg1
+    assert len(nets) == len(set(nets)) == 21
+    for edit in (("hsbi/inference/kernels.py", "import numpy as np", "import numpy as np\nnp = np"),
+                 ("hsbi/inference/statmodel.py", "import torch", "import torch\ntorch = torch")):
+        new_nets, new_check, new_fit = _network_addresses(config, store, monkeypatch, edit)
+        assert new_nets == nets and new_fit != fit, edit[0]
+    edit = ("hsbi/training/statmodel.py", "import torch", "import torch\ntorch = torch")
+    new_nets, new_check, _ = _network_addresses(config, store, monkeypatch, edit)
+    assert not set(new_nets) & set(nets) and new_check == check
+    cfg = yaml.safe_load(config.read_text())
+    normsys = next(m for p in cfg["statmodel"]["channels"][0]["processes"] for m in p["modifiers"]
+                   if m["type"] == "normsys")
+    normsys["hi"] *= 1.1
+    config.write_text(yaml.safe_dump(cfg))
+    new_nets, new_check, new_fit = _network_addresses(config, store, monkeypatch)
+    assert new_nets == nets and new_check != check and new_fit != fit
