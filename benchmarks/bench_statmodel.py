@@ -31,7 +31,7 @@ from hsbi.config.statmodel import (
     StatModelConfig,
 )
 from hsbi.inference.batched_fit import fit_batch
-from hsbi.inference.fitting import Likelihood, _minuit, fit, impacts
+from hsbi.inference.fitting import DeclaredLikelihood, _minuit, fit, impacts
 from hsbi.inference.statmodel import Dataset, Normalisation, compile_model
 from hsbi.inference.toys import PoolChannel, ToyPool, t_statistic
 
@@ -39,7 +39,7 @@ PROCESSES = ("signal", "bkg1", "bkg2")
 YIELDS = {"signal": 100.0, "bkg1": 500.0, "bkg2": 400.0}
 
 
-def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[Likelihood, callable]:
+def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[DeclaredLikelihood, callable]:
     """A likelihood with ``n_np`` NPs and a function making ``B`` toys of ~1,000 events."""
     rng = np.random.default_rng(seed)
     n_shape = (2 * n_np) // 3
@@ -67,7 +67,7 @@ def synthetic(n_np: int, n_norm: int, seed: int = 0) -> tuple[Likelihood, callab
     norm_terms = [shapes(n_norm) for _ in range(C)]
     norm = Normalisation.of([np.ones(n_norm)] * C, [t[0][:, c] for c, t in enumerate(norm_terms)],
                             [t[1][:, c] for c, t in enumerate(norm_terms)])
-    lik = Likelihood(model, (norm,))
+    lik = DeclaredLikelihood(model, (norm,))
     # toys of the model itself (hsbi.inference.toys): a pool of events per process with their
     # terms, reweighted by the shape factors; the nominal log ratios favour the own process
     n_pool = 3000

@@ -52,7 +52,7 @@ def likelihoods(config: Path, overrides: str):
     from hsbi.config.loader import load_config, split_overrides
     from hsbi.data.statmodel import SampleStore
     from hsbi.inference.declared import build, load_nets, normalisation_samples, toy_pool
-    from hsbi.inference.fitting import Likelihood
+    from hsbi.inference.fitting import DeclaredLikelihood
     from workflows.statmodel import FitDeclaredModel, ingested_dirs
 
     task = FitDeclaredModel(config=str(config), set=tuple(split_overrides(overrides)))
@@ -68,7 +68,7 @@ def likelihoods(config: Path, overrides: str):
     ch = trained.model.channels[0]
     names = tuple(trained.model.names[j] for j in ch.shape_index)
     exact_ev = exact_evaluator(ch, names)  # same model, normalisation sample and pool; exact terms
-    exact = Likelihood(trained.model, (exact_ev.normalisation(normalisation_samples(cfg, store, 0)),))
+    exact = DeclaredLikelihood(trained.model, (exact_ev.normalisation(normalisation_samples(cfg, store, 0)),))
     return cfg, store, {"trained": (trained, evaluators[0], toy_pool(cfg, evaluators, store)),
                         "exact": (exact, exact_ev, toy_pool(cfg, (exact_ev,), store))}
 

@@ -238,15 +238,17 @@ def _key(level: float) -> str:
 
 def _cross_checks(cfg: AnalysisConfig, name: str, density: ComponentDensity, model: MixtureModel,
                   lik: Likelihood, observed: Dataset, fit: ObservedFit) -> tuple[dict[str, dict], dict]:
-    """MINOS intervals on the observed data (iminuit on the continuous NLL, MIGRAD started at the
-    grid fit) and the expected Wilks intervals: those of the Asimov dataset at the configured
+    """MINOS intervals on the observed data (iminuit on the continuous NLL with its own
+    numerical derivatives, independent of the fitting interface's; MIGRAD started at the
+    fit's seed on the nuisance grid) and the expected Wilks intervals: those of the Asimov dataset at the configured
     truth (median expected; Cowan et al., arXiv:1007.1727). A MIGRAD/MINOS failure is reported
     in place of the interval, never hidden. Also returns the tolerance each MINOS level needed."""
     inf = cfg.inference
     minos: dict = {}
     tolerance: dict = {}
     try:  # one MIGRAD, then MINOS per level
-        fits = minuit_fits(density, lik, observed, None, (fit.mu_hat, fit.nuisance_hat), tuple(inf.levels))
+        start = fit.seed.global_fit()[:2]  # the grid's fit: the cross-check shares nothing with the fit
+        fits = minuit_fits(density, lik, observed, None, start, tuple(inf.levels))
         for cl, mf in fits.items():
             minos[_key(cl)] = _interval_json(mf.interval) if mf.valid else f"MINOS invalid: {_interval_json(mf.interval)}"
             tolerance[_key(cl)] = mf.tolerance
@@ -285,6 +287,7 @@ def infer(
         checks, minos_tolerance = _cross_checks(cfg, name, densities[name], model, lik, observed, fit)
         entries[name] = {
             "best_fit": {"mu": round(fit.mu_hat, 6), "nuisance": round(fit.nuisance_hat, 6)},
+            "hesse": {name: round(fit.best.error(name), 6) for name in ("mu", "nuisance")},
             "intervals": {
                 "asymptotic": {k: _interval_json(v) for k, v in asym.items()},
                 "neyman": {k: _interval_json(v) for k, v in neyman.items()},
@@ -312,6 +315,7 @@ def infer(
         "truth": {"mu": inf.truth.mu, "nuisance": inf.truth.nuisance},
         "estimator": main,
         "best_fit": entries[main]["best_fit"],
+        "hesse": entries[main]["hesse"],
         "intervals": entries[main]["intervals"],
         "observed": {"events": int(len(observed.x)), "aux": round(observed.aux, 6)},
         "levels": {_key(cl): cl for cl in inf.levels},

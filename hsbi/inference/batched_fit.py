@@ -1,8 +1,9 @@
-"""Batched fits of many datasets (toys) of the declared model: projected Newton in torch with
-``P x P`` Hessians per dataset.
+"""Batched fits of many datasets (toys) of any :class:`~hsbi.inference.fitting.Likelihood`:
+projected Newton in torch with ``P x P`` Hessians per dataset.
 
 Each iteration evaluates the NLL of the datasets still being fitted, its analytic gradient and
-exact Hessian (:mod:`hsbi.inference.derivatives`, the shape normalisation's curvature included:
+Hessian (for the declared model the exact one of :mod:`hsbi.inference.derivatives`, the shape
+normalisation's curvature included:
 taking it once at the start point stalled fits whose NPs crossed |alpha| = 1, where code 4 turns
 from a polynomial into an exponential; 3 of 4 many-NP toys then did not converge in 40
 iterations). Parameters on a bound with the gradient pushing outwards are held; a step that
@@ -14,13 +15,12 @@ A fit that does not reach the tolerance within the iteration limit is flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from hsbi.inference.derivatives import nll_grad_hess
-from hsbi.inference.statmodel import DTYPE, Dataset
+from hsbi.inference.statmodel import DTYPE
 
 if TYPE_CHECKING:  # fitting uses this module: no import at run time
     from hsbi.inference.fitting import Likelihood
@@ -67,12 +67,12 @@ class BatchFit:
     iterations: int
 
 
-def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarray | None = None,
+def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray | None = None,
               max_iter: int = 40, reference: bool = False) -> BatchFit:
     """Minimise every dataset's NLL from ``start`` (B, P); ``fixed`` (P,) or (B, P) bool holds
     those parameters at their start values (the POI for conditional fits, an NP for impacts).
-    ``reference`` evaluates the derivatives' tensor expressions instead of the fused kernels
-    (the benchmarks' baseline)."""
+    ``reference`` asks the declared model for the derivatives' tensor expressions instead of
+    its fused kernels (the benchmarks' baseline)."""
     model = lik.model
     theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=DTYPE).clone()
     B, P = theta.shape
@@ -91,7 +91,7 @@ def fit_batch(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: np.ndarr
         # is accepted (its gradient and Hessian then give the next step) or the step is halved
         rows = torch.nonzero(~done).squeeze(1)
         th = theta[rows]
-        f_new, g, H = nll_grad_hess(model, lik.norms, data, th, rows=rows.numpy(), reference=reference)
+        f_new, g, H = lik.nll_grad_hess(data, th, rows=rows.numpy(), reference=reference)
         worse = ~(f_new <= f[rows] + 1e-10)
         if bool(worse.any()):
             bad = rows[worse]

@@ -15,7 +15,7 @@ from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
 from hsbi.exceptions import DataError
-from hsbi.inference.fitting import Likelihood, fit, impacts, minos_intervals, profile_scan
+from hsbi.inference.fitting import DeclaredLikelihood, fit, impacts, minos_intervals, profile_scan
 from hsbi.inference.statmodel import (
     DTYPE,
     ChannelEvents,
@@ -81,7 +81,7 @@ def _subsample(ev: Events, n: int, seed: int) -> Events:
     return Events(ev.x[keep], ev.w[keep])
 
 
-def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[Likelihood, tuple[Evaluator, ...]]:
+def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[DeclaredLikelihood, tuple[Evaluator, ...]]:
     """The likelihood object and per-channel evaluators: yields from the samples' weights (all
     splits), the normalisation samples from the test split of each process."""
     model = compile_model(cfg.statmodel, *store.yields())
@@ -90,7 +90,7 @@ def build(cfg: AnalysisConfig, store: SampleStore, nets: Nets) -> tuple[Likeliho
         ev = Evaluator(ch, nets, tuple(model.names[j] for j in ch.shape_index))
         evaluators.append(ev)
         norms.append(ev.normalisation(normalisation_samples(cfg, store, k)))
-    return Likelihood(model, tuple(norms)), tuple(evaluators)
+    return DeclaredLikelihood(model, tuple(norms)), tuple(evaluators)
 
 
 def normalisation_samples(cfg: AnalysisConfig, store: SampleStore, channel: int) -> list[Events]:
@@ -141,7 +141,7 @@ def toy_pool(cfg: AnalysisConfig, evaluators: Sequence[Evaluator], store: Sample
     return ToyPool(tuple(channels))
 
 
-def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: AnalysisConfig, ch_index: int,
+def _expected_events(lik: DeclaredLikelihood, ev: Evaluator, store: SampleStore, cfg: AnalysisConfig, ch_index: int,
                      theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Test-split MC of every process with weights giving the model's expectation at ``theta``:
     the process's events reweighted by its shape factors there, scaled to its expected yield
@@ -169,7 +169,7 @@ def _expected_events(lik: Likelihood, ev: Evaluator, store: SampleStore, cfg: An
     return np.concatenate(xs), np.concatenate(ws), probs
 
 
-def observed_dataset(cfg: AnalysisConfig, lik: Likelihood, evaluators: Sequence[Evaluator],
+def observed_dataset(cfg: AnalysisConfig, lik: DeclaredLikelihood, evaluators: Sequence[Evaluator],
                      store: SampleStore, seed: int) -> tuple[Dataset, dict]:
     """The channels' data (a data sample, ``asimov`` or ``toy`` at ``statmodel.truth``) and
     a summary (events per channel, kind)."""
@@ -195,7 +195,7 @@ def observed_dataset(cfg: AnalysisConfig, lik: Likelihood, evaluators: Sequence[
     return Dataset(tuple(channels), aux), summary
 
 
-def analyse(cfg: AnalysisConfig, lik: Likelihood, data: Dataset, log: Callable[[str], None] = print) -> dict:
+def analyse(cfg: AnalysisConfig, lik: DeclaredLikelihood, data: Dataset, log: Callable[[str], None] = print) -> dict:
     """Observed fit (MIGRAD, HESSE), MINOS on the POI, profile scan, pulls and impacts,
     correlations: a JSON-ready summary."""
     model, levels = lik.model, cfg.inference.levels
@@ -241,7 +241,7 @@ def load_nets(members: Sequence[tuple[Mapping, object]]) -> dict:
 
 
 def prepare(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]]
-            ) -> tuple[Likelihood, tuple[Evaluator, ...], SampleStore, Dataset, dict]:
+            ) -> tuple[DeclaredLikelihood, tuple[Evaluator, ...], SampleStore, Dataset, dict]:
     """The likelihood, evaluators, sample store and observed dataset (with its summary) of a
     declared model from ingested sample directories and TrainRatio artifacts."""
     store = SampleStore(cfg, dirs)

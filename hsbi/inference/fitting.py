@@ -1,7 +1,14 @@
-"""One fitting interface for the declared model: MIGRAD/HESSE/MINOS with an analytic gradient
-(:mod:`hsbi.inference.derivatives`), profile scans of the POI, pulls, impacts and correlations.
+"""One fitting interface: MIGRAD/HESSE/MINOS with an analytic gradient, batched Newton fits,
+profile scans of the POI, pulls, impacts and correlations, for any :class:`Likelihood`.
 
-The NLL is :func:`hsbi.inference.statmodel.nll`; this module only minimises it. Results are
+A likelihood is a model's parameters (:class:`~hsbi.inference.statmodel.ParameterSpace`) and
+``nll_grad_hess(data, theta, rows)``: the NLL, its gradient and Hessian of datasets ``rows`` of a
+batch ``data`` (anything with ``take(rows)`` and the global observables ``aux`` (B, P)). Two
+models implement it: the declared statistical model (:class:`DeclaredLikelihood`, code-4
+interpolation over ingested samples, derivatives from :mod:`hsbi.inference.derivatives`) and the
+simulator models (:class:`hsbi.inference.mixture.MixtureLikelihood`: a mixture with a nuisance
+the densities are conditioned on). Observed fits, scans, MINOS, impacts, toys' batched fits and
+Wilks intervals of both go through the functions here; this module only minimises. Results are
 frozen dataclasses keyed by parameter name.
 """
 
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -16,10 +24,10 @@ from scipy import stats
 
 from hsbi.inference.batched_fit import fit_batch
 from hsbi.inference.derivatives import nll_grad, nll_grad_hess
-from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, StatModel, nll
+from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, ParameterSpace, StatModel, nll
 
-__all__ = ["FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "impacts", "minos_intervals",
-           "profile_scan", "wilks_threshold"]
+__all__ = ["DeclaredLikelihood", "FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "impacts",
+           "minos_intervals", "profile_scan", "value_and_grad", "wilks_threshold"]
 
 #: MIGRAD's tolerance (EDM goal 0.002 * tol * errordef); iminuit's default is 0.1
 _TOL = 0.01
@@ -30,23 +38,47 @@ def wilks_threshold(level: float) -> float:
     return float(stats.chi2.ppf(level, 1))
 
 
+class Likelihood(Protocol):
+    """What the fitters need of a model: its parameters and, for datasets ``rows`` of ``data``
+    (all by default) at ``theta`` (one row per dataset, (B, P)), the NLL (B,), its gradient
+    (B, P) and, with ``hessian``, its Hessian (B, P, P) (else None)."""
+
+    model: ParameterSpace
+
+    def nll_grad_hess(self, data: Any, theta: torch.Tensor, rows: np.ndarray | None = None,
+                      hessian: bool = True, reference: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+
+
+def value_and_grad(lik: Likelihood, data: Any, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    """NLL and analytic gradient of the first dataset of ``data`` at ``theta`` (P,)."""
+    with torch.no_grad():
+        value, grad, _ = lik.nll_grad_hess(data, torch.as_tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE),
+                                           rows=np.zeros(1, dtype=np.int64), hessian=False)
+    return float(value[0]), grad[0].numpy()
+
+
 @dataclass(frozen=True)
-class Likelihood:
-    """The model and its normalisation samples: ``value``, ``grad`` of one dataset, and
-    ``batch`` for many (``Dataset`` with B rows, ``theta`` (B, P))."""
+class DeclaredLikelihood:
+    """The declared model and its normalisation samples (a :class:`Likelihood`); ``batch`` is
+    the NLL of many datasets by the tensor expressions (autograd's reference)."""
 
     model: StatModel
     norms: tuple[Normalisation, ...]
+
+    def nll_grad_hess(self, data: Dataset, theta: torch.Tensor, rows: np.ndarray | None = None,
+                      hessian: bool = True, reference: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        value, grad, hess = nll_grad_hess(self.model, self.norms, data, theta, rows=rows, reference=reference) \
+            if hessian else (*nll_grad(self.model, self.norms, data, theta, rows=rows), None)
+        return value, grad, hess
 
     def batch(self, data: Dataset, theta: torch.Tensor) -> torch.Tensor:
         return nll(self.model, self.norms, data, theta)
 
     def value_and_grad(self, data: Dataset, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """NLL and analytic gradient of the first dataset of ``data``."""
-        with torch.no_grad():
-            value, grad = nll_grad(self.model, self.norms, data, torch.as_tensor(
-                np.asarray(theta, dtype=float)[None, :], dtype=DTYPE))
-        return float(value[0]), grad[0].numpy()
+        return value_and_grad(self, data, theta)
 
     def value(self, data: Dataset, theta: np.ndarray) -> float:
         with torch.no_grad():
@@ -90,7 +122,7 @@ class _Cost:
     def _eval(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         if self._last[0] is None or not np.array_equal(self._last[0], theta):
             self.calls += 1
-            value, grad = self.lik.value_and_grad(self.data, theta)
+            value, grad = value_and_grad(self.lik, self.data, theta)
             self._last = (np.array(theta), value, grad)
         return self._last[1], self._last[2]
 
@@ -144,7 +176,7 @@ def covariance(lik: Likelihood, data: Dataset, theta: np.ndarray, held: np.ndarr
     second derivatives (2,700 NLL calls at 50 NPs)."""
     t = torch.as_tensor(np.asarray(theta, dtype=float)[None], dtype=DTYPE)
     with torch.no_grad():
-        _, _, hess = nll_grad_hess(lik.model, lik.norms, data, t)
+        _, _, hess = lik.nll_grad_hess(data, t, rows=np.zeros(1, dtype=np.int64))
     free = ~np.asarray(held, dtype=bool)
     cov = np.zeros((len(theta), len(theta)))
     cov[np.ix_(free, free)] = np.linalg.pinv(hess[0].numpy()[np.ix_(free, free)])

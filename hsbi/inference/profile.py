@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq, minimize_scalar
+from scipy.optimize import brentq
 from scipy.special import logsumexp
 from scipy.stats import chi2
 
@@ -34,10 +34,13 @@ __all__ = [
     "toy_statistics",
 ]
 
+#: The finite-difference step of observed fits in the nuisance, in units of its width on the seed
+#: grid (at least ``mixture.STEP`` of the range): see :mod:`hsbi.inference.mixture`.
+STEP_WIDTHS = 0.1
 #: Stands in for an infinite critical value in the interpolation (finite slopes, accepts all).
 _ACCEPT_ALL = 1e300
 #: Nuisance points of the refit over the whole bounds, for a toy whose window refit still
-#: ended on an inner edge (as many as an observed fit: ``fit_observed``'s default).
+#: ended on an inner edge (as many as an observed fit's seed: ``fit_observed``'s default).
 FULL_RANGE_POINTS = 241
 
 
@@ -140,7 +143,7 @@ def _check_start(
 
 
 def _sigma_from_curvature(zs: np.ndarray, nll: np.ndarray) -> float:
-    if len(zs) < 3:
+    if len(zs) < 3 or zs[0] == zs[-1]:
         return 0.0  # a fixed nuisance
     near = nll - nll.min() < 2.0
     if near.sum() < 3:
@@ -151,23 +154,56 @@ def _sigma_from_curvature(zs: np.ndarray, nll: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ObservedFit:
-    """The profile likelihood of one dataset on a fine nuisance grid over the whole range."""
+    """The observed fit of a simulator model through the one fitting interface
+    (:mod:`hsbi.inference.fitting` on a :class:`~hsbi.inference.mixture.MixtureLikelihood`):
+    Newton, then MIGRAD and the analytic Hessian's errors; ``t(mu)`` and ``nuisance_hat_hat(mu)``
+    from conditional Newton fits, each started at the nuisance where the coarse ``seed`` grid
+    profiles (the global search that also seeds the fit: several minima in the nuisance find
+    the lowest)."""
 
-    grid: ProfiledGrid
-    mu_hat: float
-    nuisance_hat: float
-    nll_min: float
-    sigma_nuisance: float  # from the curvature of the mu-profiled NLL in the nuisance
+    lik: object  # MixtureLikelihood
+    data: object  # MixtureData of the one dataset
+    best: object  # fitting.FitResult
+    seed: ProfiledGrid
+    #: the nuisance's width, mu profiled: the curvature of the seed grid's profile within 2 of its
+    #: minimum (robust where a trained density is smooth only at larger scales than the Hessian's
+    #: step; HESSE's error is ``best.error("nuisance")``); it sizes the toys' nuisance windows
+    sigma_nuisance: float
+
+    @property
+    def mu_hat(self) -> float:
+        return float(self.best.values[0])
+
+    @property
+    def nuisance_hat(self) -> float:
+        return float(self.best.values[1])
+
+    @property
+    def nll_min(self) -> float:
+        return float(self.best.nll)
+
+    def conditional(self, mus: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """``(nuisance_hat_hat, NLL)`` at each ``mu`` of ``mus``: one batched Newton fit."""
+        import torch
+
+        from hsbi.inference.batched_fit import fit_batch
+
+        mus = np.atleast_1d(np.asarray(mus, dtype=float))
+        start = np.stack([mus, [self.seed.profile(mu)[0] for mu in mus]], -1)
+        held = np.broadcast_to(np.array([True, False]), start.shape)
+        cond = fit_batch(self.lik, self.data.take(torch.zeros(len(mus), dtype=torch.long)), start, held)
+        return cond.theta[:, 1], cond.nll
+
+    def scan(self, mus: Sequence[float]) -> np.ndarray:
+        """``t(mu)`` at each of ``mus``."""
+        return np.maximum(0.0, 2.0 * (self.conditional(mus)[1] - self.nll_min))
 
     def t(self, mu: float) -> float:
         """Profile likelihood ratio ``t_mu = 2 (NLL(mu, z_hat_hat) - NLL(mu_hat, z_hat))``."""
-        return max(0.0, 2.0 * (self.grid.profile(mu)[1] - self.nll_min))
+        return float(self.scan([mu])[0])
 
     def nuisance_hat_hat(self, mu: float) -> float:
-        return self.grid.profile(mu)[0]
-
-    def scan(self, mus: Sequence[float]) -> np.ndarray:
-        return np.array([self.t(mu) for mu in mus])
+        return float(self.conditional([mu])[0][0])
 
 
 def fit_observed(
@@ -178,35 +214,36 @@ def fit_observed(
     points: int = 241,
     name: str | None = None,
 ) -> ObservedFit:
-    """Global fit and profile machinery for ``data`` on a nuisance grid of ``points`` over
-    ``nuisance_range`` within ``lik.nuisance_bounds`` (all of them when ``None``).
+    """The observed fit of ``data`` (:class:`ObservedFit`) with the nuisance in
+    ``nuisance_range`` within ``lik.nuisance_bounds`` (all of them when ``None``), seeded by the
+    profile on a grid of ``points`` nuisance values over it.
 
     Raises :class:`FitError` naming the density (``name``), the start point and the first
     offending event or process when the NLL is not finite at the start."""
+    from hsbi.inference.fitting import fit
+    from hsbi.inference.mixture import MixtureData, MixtureLikelihood
+
     zs = np.linspace(*lik.nuisance_range(nuisance_range), points)
     comps = density.log_components(data.x, zs)
     _check_start(name or _density_name(density), comps, zs, lik, data, density.processes)
-    grid = lik.grid(comps, zs, data.aux, data.weights)
-    mu_hat, z_hat, nll_min, _ = grid.global_fit()
-    if not np.isfinite(nll_min):
+    seed = lik.grid(comps, zs, data.aux, data.weights)
+    mu0, z0, nll0, _ = seed.global_fit()
+    if not np.isfinite(nll0):
         raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
-    mus, nlls = grid.mu_hat_per_z()
-    # refine mu_hat on the profile itself, so that t(mu_hat) = 0 exactly
-    k = int(np.argmin(nlls))
-    lo, hi = np.sort([mus[max(k - 1, 0)], mus[min(k + 1, len(mus) - 1)]])
-    pad = 1e-6 * (lik.mu_bounds[1] - lik.mu_bounds[0])
-    lo, hi = max(lik.mu_bounds[0], min(lo, mu_hat) - pad), min(lik.mu_bounds[1], max(hi, mu_hat) + pad)
-    best = minimize_scalar(lambda mu: grid.profile(mu)[1], bounds=(lo, hi), method="bounded",
-                           options={"xatol": 1e-10 * max(1.0, abs(mu_hat))})
-    mu_hat, nll_min = float(best.x), min(nll_min, float(best.fun))
-    z_hat = grid.profile(mu_hat)[0]
-    return ObservedFit(grid, mu_hat, z_hat, nll_min, _sigma_from_curvature(zs, nlls))
+    width = _sigma_from_curvature(zs, seed.mu_hat_per_z()[1])  # the nuisance's width on the grid
+    mlik = MixtureLikelihood.of(density, lik, (zs[0], zs[-1]), data.aux, start=(mu0, z0),
+                                step=STEP_WIDTHS * width)
+    mdata = MixtureData.of([data])
+    best = fit(mlik, mdata, start=np.array([mu0, z0]))
+    if not np.isfinite(best.nll):
+        raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
+    return ObservedFit(mlik, mdata, best, seed, width)
 
 
 def asymptotic_interval(fit: ObservedFit, level: float) -> Interval:
     """Wilks interval ``{mu : t_mu < F^-1_chi2_1(level)}`` by root finding on each side."""
     q = float(chi2.ppf(level, df=1))
-    lo_b, hi_b = fit.grid.lik.mu_bounds
+    lo_b, hi_b = fit.lik.extended.mu_bounds
     f = lambda mu: fit.t(mu) - q  # noqa: E731
     open_low, open_high = f(lo_b) < 0, f(hi_b) < 0
     low = lo_b if open_low else brentq(f, lo_b, fit.mu_hat, xtol=1e-7)

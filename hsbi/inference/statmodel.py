@@ -38,6 +38,7 @@ __all__ = [
     "Dataset",
     "Normalisation",
     "Parameter",
+    "ParameterSpace",
     "StatModel",
     "code4_log_terms",
     "code4_shared_terms",
@@ -107,14 +108,14 @@ class ChannelModel:
         return own_indices(self.shape_mask)
 
 
-@dataclass(frozen=True)
-class StatModel:
-    """The compiled model: parameters (POI first), channels; what :func:`nll` evaluates."""
+class ParameterSpace:
+    """What the fitters (:mod:`hsbi.inference.fitting`) read of a model: its ``parameters``
+    (name, bounds, init, constraint width, fixed) and its ``poi``, by name and position. The
+    declared model (:class:`StatModel`) and a simulator model's (mu, nuisance)
+    (:class:`hsbi.inference.mixture.MixtureParameters`) are both one."""
 
     parameters: tuple[Parameter, ...]
-    channels: tuple[ChannelModel, ...]
     poi: str
-    truth: dict[str, float] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -143,18 +144,28 @@ class StatModel:
         """Constraint widths (NaN for free parameters)."""
         return np.array([p.sigma if p.constrained else np.nan for p in self.parameters])
 
-    @property
-    def nominal_aux(self) -> np.ndarray:
-        """Global observables of the observed data: 0 for NPs, 1 for lumi (NaN: none)."""
-        return np.array([(1.0 if p.kind == "lumi" else 0.0) if p.constrained else np.nan
-                         for p in self.parameters])
-
     def point(self, values: Mapping[str, float] | None = None) -> np.ndarray:
         """A parameter vector: ``values`` by name, the rest at their inits."""
         theta = self.init.copy()
         for name, value in (values or {}).items():
             theta[self.index(name)] = value
         return theta
+
+
+@dataclass(frozen=True)
+class StatModel(ParameterSpace):
+    """The compiled model: parameters (POI first), channels; what :func:`nll` evaluates."""
+
+    parameters: tuple[Parameter, ...]
+    channels: tuple[ChannelModel, ...]
+    poi: str
+    truth: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nominal_aux(self) -> np.ndarray:
+        """Global observables of the observed data: 0 for NPs, 1 for lumi (NaN: none)."""
+        return np.array([(1.0 if p.kind == "lumi" else 0.0) if p.constrained else np.nan
+                         for p in self.parameters])
 
     def truth_point(self) -> np.ndarray:
         return self.point(self.truth)

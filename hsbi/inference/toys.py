@@ -201,7 +201,6 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     analytic Hessian's ``sigma``) and moves by the secant of ``sqrt(t)`` (linear in ``mu`` for a
     parabolic ``t``) until ``|t - q| < tol``; an edge beyond a bound of the POI whose ``t``
     stays below ``q`` there is the bound. NaN where a fit failed or an edge did not converge."""
-    from hsbi.inference.derivatives import nll_grad_hess
     from hsbi.inference.fitting import wilks_threshold
 
     model = lik.model
@@ -210,7 +209,7 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     start = np.tile(model.init, (B, 1)) if start is None else start
     glob = fit_batch(lik, data, start)
     hold = np.array([p.fixed for p in model.parameters])
-    _, _, H = nll_grad_hess(model, lik.norms, data, torch.as_tensor(glob.theta, dtype=DTYPE))
+    _, _, H = lik.nll_grad_hess(data, torch.as_tensor(glob.theta, dtype=DTYPE))
     free = ~hold
     cov = np.linalg.pinv(H.numpy()[:, free][:, :, free])
     sigma = np.sqrt(np.clip(cov[:, int(np.sum(free[:k])), int(np.sum(free[:k]))], 1e-300, None))

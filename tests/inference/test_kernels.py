@@ -13,7 +13,7 @@ from hsbi.config.statmodel import (
     StatModelConfig,
 )
 from hsbi.inference.derivatives import nll_grad, nll_grad_hess
-from hsbi.inference.fitting import Likelihood
+from hsbi.inference.fitting import DeclaredLikelihood
 from hsbi.inference.kernels import compact, norm_sums
 from hsbi.inference.statmodel import (
     DTYPE,
@@ -26,7 +26,7 @@ from hsbi.inference.statmodel import (
 from hsbi.models.interpolation import code4_coefficients
 
 
-def _likelihood(scale: float = 0.1, seed: int = 0) -> tuple[Likelihood, Dataset]:
+def _likelihood(scale: float = 0.1, seed: int = 0) -> tuple[DeclaredLikelihood, Dataset]:
     """Three processes: ``a`` with two normfactors, two shape NPs and a normsys, ``b`` with one shape NP shared
     with ``a``, ``c`` with none; normalisation samples of unequal lengths (zero-weight padding),
     4 datasets of unequal sizes (zero-weight events), per-event log ratios ~ N(0, scale) (0 for
@@ -56,7 +56,7 @@ def _likelihood(scale: float = 0.1, seed: int = 0) -> tuple[Likelihood, Dataset]
     g = rng.normal(0, scale, (B, n, C, S)) * ch.shape_mask
     events = ChannelEvents.of(w, rng.normal(0, 1, (B, n, C)), -g, g + 0.01 * ch.shape_mask)
     aux = torch.as_tensor(np.tile(model.nominal_aux, (B, 1)), dtype=DTYPE)
-    return Likelihood(model, (norm,)), Dataset((events,), aux)
+    return DeclaredLikelihood(model, (norm,)), Dataset((events,), aux)
 
 
 def _points(model, B: int, seed: int = 1) -> torch.Tensor:

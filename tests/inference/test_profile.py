@@ -121,7 +121,8 @@ def test_nuisance_bounds_restrict_the_fit():
     lik = make_likelihood(ON_OFF, 1.0, None, nuisance_bounds=(1.1, 2.0))
     data = Dataset(ON_OFF.sample_dataset(np.random.default_rng(5), 6.0, 1.0, 1.0), aux=1.0)
     fit = fit_observed(ON_OFF, lik, data, ON_OFF.nuisance_range)
-    assert (fit.grid.zs[0], fit.grid.zs[-1]) == (1.1, 2.0)
+    assert tuple(fit.lik.model.bounds[1]) == (fit.seed.zs[0], fit.seed.zs[-1]) == (1.1, 2.0)
+    assert 1.1 <= fit.nuisance_hat <= 2.0 and 1.1 <= fit.nuisance_hat_hat(4.0) <= 2.0
     with pytest.raises(ConfigError, match="nuisance bounds \\[0.1, 2\\] outside the model's range"):
         make_likelihood(ON_OFF, 1.0, None, nuisance_bounds=(0.1, 2.0))
 

@@ -11,7 +11,7 @@ import yaml
 
 from hsbi.config.loader import load_config
 from hsbi.exceptions import ConfigError
-from hsbi.inference.fitting import Likelihood, fit
+from hsbi.inference.fitting import DeclaredLikelihood, fit
 from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation
 from hsbi.models.many_np import ManyNP
 from tests.inference.many_np_exact import exact_model
@@ -48,7 +48,7 @@ def _benchmark(tmp: Path, n_norm: int) -> tuple:
         ws.append(np.ones(n_norm)), los.append(lo[:, c]), his.append(hi[:, c])
     off_lo, off_hi = Normalisation.offsets(ws, los, his)
     norm = Normalisation.of(ws, [a - o for a, o in zip(los, off_lo)], [a - o for a, o in zip(his, off_hi)])
-    lik = Likelihood(model, (norm,))
+    lik = DeclaredLikelihood(model, (norm,))
     import pyarrow.parquet as pq
 
     table = pq.read_table(path.parent / "data.parquet")

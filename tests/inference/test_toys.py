@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from hsbi.inference.fitting import Likelihood, fit, minos_intervals
+from hsbi.inference.fitting import DeclaredLikelihood, fit, minos_intervals
 from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation
 from hsbi.inference.toys import (
     PoolChannel,
@@ -45,7 +45,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     los, his = [a[1][:, c] for c, a in enumerate(t)], [a[2][:, c] for c, a in enumerate(t)]
     off_lo, off_hi = Normalisation.offsets(w, los, his)
     norm = Normalisation.of(w, [a - o for a, o in zip(los, off_lo)], [a - o for a, o in zip(his, off_hi)])
-    lik = Likelihood(model, (norm,))
+    lik = DeclaredLikelihood(model, (norm,))
     pool = ToyPool((PoolChannel.of(w, *(np.concatenate(parts) for parts in zip(*t))),))
     return lik, pool, terms
 
