@@ -37,12 +37,27 @@ from hsbi.inference.likelihood import Likelihood as Extended
 from hsbi.inference.statmodel import DTYPE, Parameter, ParameterSpace
 from hsbi.models.base import ComponentDensity
 
-__all__ = ["STEP", "MixtureData", "MixtureLikelihood", "MixtureParameters"]
+__all__ = ["STEP", "MixtureData", "MixtureLikelihood", "MixtureParameters", "stencil"]
 
 #: the finite-difference step in the nuisance, as a fraction of its range
 STEP = 1e-4
 #: at most this many (nuisance value, event, process) log densities per density call
 _CHUNK = 1 << 22
+
+
+def stencil(x: np.ndarray, h: float, lo: float, hi: float) -> tuple[np.ndarray, ...]:
+    """Three points (G, 3) around each ``x`` (G,) a step ``h`` apart, shifted inwards at a bound
+    (one-sided there), the index (G,) of the point at ``x``, and the weights (G, 3) of the first
+    and second derivative at ``x`` of the parabola through them; a fixed parameter (``lo ==
+    hi``): three times ``x``, derivatives 0."""
+    if hi > lo:  # s: where x sits in its stencil (-1, 0, +1)
+        s = np.where(x - h < lo, -1.0, np.where(x + h > hi, 1.0, 0.0))
+        d1 = np.stack([s - 0.5, -2 * s, s + 0.5], -1) / h
+        d2 = np.tile(np.array([1.0, -2.0, 1.0]) / h**2, (len(x), 1))
+    else:
+        s, d1, d2 = np.zeros(len(x)), np.zeros((len(x), 3)), np.zeros((len(x), 3))
+    points = (x - s * h)[:, None] + h * np.array([-1.0, 0.0, 1.0]) * (hi > lo)
+    return points, (1 + s).astype(np.int64), d1, d2
 
 
 @dataclass(frozen=True)
@@ -133,16 +148,7 @@ class MixtureLikelihood:
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Value (G,), gradient (G, 2) and Hessian (G, 2, 2) of one dataset at G points."""
         mu, z = theta[:, 0], theta[:, 1]
-        lo, hi = self.model.parameters[1].bounds
-        h = self.step
-        if hi > lo:  # s: where z sits in its stencil (-1, 0, +1); one-sided at a bound
-            s = np.where(z - h < lo, -1.0, np.where(z + h > hi, 1.0, 0.0))
-            d1 = np.stack([s - 0.5, -2 * s, s + 0.5], -1) / h  # (G, 3) weights of f', f''
-            d2 = np.tile(np.array([1.0, -2.0, 1.0]) / h**2, (len(z), 1))
-        else:  # a fixed nuisance
-            s, d1, d2 = np.zeros(len(z)), np.zeros((len(z), 3)), np.zeros((len(z), 3))
-        zs = (z - s * h)[:, None] + h * np.array([-1.0, 0.0, 1.0]) * (hi > lo)  # (G, 3)
-        at = (1 + s).astype(np.int64)  # the stencil point at z
+        zs, at, d1, d2 = stencil(z, self.step, *self.model.parameters[1].bounds)
         G, n = len(z), len(x)
         comps = np.asarray(self.density.log_components(x, zs.ravel()), dtype=float).reshape(G, 3, n, -1)
         a, b = (np.asarray(c, dtype=float).reshape(G, 3, -1) for c in self.extended.yields(zs.ravel()))

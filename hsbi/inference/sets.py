@@ -70,18 +70,6 @@ class SetProfile:
         return float(np.interp(mu, self.poi, self.nuisance_hat))
 
 
-def _stencil(x: np.ndarray, h: float, lo: float, hi: float) -> tuple[np.ndarray, ...]:
-    """Three points around each ``x`` (G,) a step ``h`` apart, shifted inwards at a bound, and
-    the weights (G, 3) of the value, first and second derivative at ``x`` of the parabola
-    through them."""
-    s = np.where(x - h < lo, -1.0, np.where(x + h > hi, 1.0, 0.0))
-    points = (x - s * h)[:, None] + h * np.array([-1.0, 0.0, 1.0])
-    value = np.eye(3)[(1 + s).astype(np.int64)]
-    d1 = np.stack([s - 0.5, -2 * s, s + 0.5], -1) / h
-    d2 = np.tile(np.array([1.0, -2.0, 1.0]) / h**2, (len(x), 1))
-    return points, value, d1, d2
-
-
 @dataclass(frozen=True)
 class SetData:
     """Observed sets as a batch for the fitting interface: the events per set; ``aux`` (B, 2)
@@ -130,6 +118,8 @@ class SetFitLikelihood:
                       reference: bool = False):
         import torch
 
+        from hsbi.inference.mixture import stencil
+
         rows = np.arange(data.batch) if rows is None else np.asarray(rows, dtype=np.int64)
         th = theta.detach().double().numpy()
         value, grad, hess = np.zeros(len(rows)), np.zeros((len(rows), 2)), np.zeros((len(rows), 2, 2))
@@ -140,9 +130,8 @@ class SetFitLikelihood:
             b = np.asarray(members)
             pts = []
             for k, (lo, hi) in enumerate(self.model.bounds):
-                pts.append(_stencil(th[b, k], self.steps[k], lo, hi) if hi > lo else
-                           (np.repeat(th[b, k : k + 1], 3, 1), np.eye(3)[np.ones(len(b), int)],
-                            np.zeros((len(b), 3)), np.zeros((len(b), 3))))
+                points, at, d1, d2 = stencil(th[b, k], self.steps[k], lo, hi)
+                pts.append((points, np.eye(3)[at], d1, d2))
             (p0, v0, a0, c0), (p1, v1, a1, c1) = pts
             grid = np.stack(np.broadcast_arrays(p0[:, :, None], p1[:, None, :]), -1).reshape(-1, 2)
             f = -np.asarray(self.likelihood.log_likelihood(data.events[rows[b[0]]], grid), dtype=float)
