@@ -20,6 +20,8 @@ STRICT_TOL = 1e-4
 #: converge: measured, a spline-flow ensemble on the HiggsML data stalls at EDM ~1e-5 even in float64
 #: (its density is only once continuously differentiable where events cross spline knots)
 DEFAULT_TOL = 0.1
+#: nuisance values whose density call ``minuit_fits`` keeps
+_CACHED = 64
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,19 @@ def minuit_fits(
         density = density.astype(torch.float64)
     w = np.ones(len(data.x)) if data.weights is None else data.weights
 
+    cache: dict[float, tuple] = {}  # z -> what does not depend on mu (MIGRAD's and MINOS's
+    # steps in mu, and the mu-profiling of MINOS, revisit a nuisance value: one density call each)
+
     def nll(mu: float, z: float) -> float:
-        comps = density.log_components(data.x, np.array([z]))[0]
-        a, b = lik.yields(np.array([z]))
-        lam = np.exp(comps) @ (a[0] + mu * b[0])
-        return float((a[0] + mu * b[0]).sum() - np.log(lam) @ w + lik.constraint_nll(z, data.aux))
+        if z not in cache:
+            if len(cache) >= _CACHED:
+                cache.pop(next(iter(cache)))
+            a, b = lik.yields(np.array([z]))
+            cache[z] = (np.exp(density.log_components(data.x, np.array([z]))[0]), a[0], b[0],
+                        lik.constraint_nll(z, data.aux))
+        p, a, b, c = cache[z]
+        lam = p @ (a + mu * b)
+        return float((a + mu * b).sum() - np.log(lam) @ w + c)
 
     m = Minuit(nll, mu=start[0], z=start[1])
     m.errordef = Minuit.LIKELIHOOD

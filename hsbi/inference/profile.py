@@ -216,12 +216,13 @@ def fit_observed(
 ) -> ObservedFit:
     """The observed fit of ``data`` (:class:`ObservedFit`) with the nuisance in
     ``nuisance_range`` within ``lik.nuisance_bounds`` (all of them when ``None``), seeded by the
-    profile on a grid of ``points`` nuisance values over it.
+    profile on a grid of ``points`` nuisance values over it; the grid's log densities, tabulated
+    (:class:`~hsbi.inference.mixture.Table`), serve the fit, its scans and intervals.
 
     Raises :class:`FitError` naming the density (``name``), the start point and the first
     offending event or process when the NLL is not finite at the start."""
     from hsbi.inference.fitting import fit
-    from hsbi.inference.mixture import MixtureData, MixtureLikelihood
+    from hsbi.inference.mixture import MixtureData, MixtureLikelihood, Table
 
     zs = np.linspace(*lik.nuisance_range(nuisance_range), points)
     comps = density.log_components(data.x, zs)
@@ -233,7 +234,7 @@ def fit_observed(
     width = _sigma_from_curvature(zs, seed.mu_hat_per_z()[1])  # the nuisance's width on the grid
     mlik = MixtureLikelihood.of(density, lik, (zs[0], zs[-1]), data.aux, start=(mu0, z0),
                                 step=STEP_WIDTHS * width)
-    mdata = MixtureData.of([data])
+    mdata = MixtureData.of([data], [Table.of(zs, comps)])  # the fit calls no density where tabulated
     best = fit(mlik, mdata, start=np.array([mu0, z0]))
     if not np.isfinite(best.nll):
         raise FitError("the NLL at the best fit is not finite: check the estimator's outputs")
