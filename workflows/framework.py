@@ -85,6 +85,11 @@ class _OtherTasks:
 
     task: type
 
+    @property
+    def cache_key(self) -> str:
+        """What the skip depends on besides the sources (see ``hsbi.store.code.disk_cache``)."""
+        return f"other-tasks:{self.task.__module__}:{self.task.__qualname__}:{NOT_RESULT_CODE}"
+
     def __call__(self, module: str, name: str | None) -> bool:
         if module in NOT_RESULT_CODE:
             return True

@@ -69,6 +69,27 @@ def test_source_lookup_can_be_replaced(tree, monkeypatch):
     assert _version(tree) != before
 
 
+def test_versions_kept_on_disk_are_the_closures(tree, tmp_path, monkeypatch):
+    """The disk cache gives what the closure computes; any edit under a root is a new key (even
+    in a module the closure does not reach); a skip without a cache_key is never cached."""
+    monkeypatch.setenv("HSBI_CODE_CACHE", "")
+    fresh = _version(tree)
+    monkeypatch.setenv("HSBI_CODE_CACHE", str(tmp_path / "cache" / "versions.json"))
+    assert _version(tree) == fresh
+    with monkeypatch.context() as m:
+        m.setattr(code, "_closure_version", lambda *a: pytest.fail("not read from disk"))
+        assert _version(tree) == fresh
+        other = tree / "pkgcv/other.py"
+        other.write_text(other.read_text() + "\n\nCONSTANT = 1\n")
+        with pytest.raises(pytest.fail.Exception):
+            _version(tree)
+    assert _version(tree) == fresh  # other.py is not in the closure
+    entries = len(code._disk_read(tmp_path / "cache" / "versions.json"))
+    clear_code_cache()
+    code_version("app:main", roots=("pkgcv", "app"), skip=lambda m, n: False)
+    assert len(code._disk_read(tmp_path / "cache" / "versions.json")) == entries
+
+
 def test_a_new_minor_release_changes_the_package_key(monkeypatch):
     real = metadata.version
     base = package_key()
