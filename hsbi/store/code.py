@@ -264,10 +264,18 @@ def _disk_key(refs: tuple[str, ...], roots: frozenset[str], skip: Skip | None) -
     if skip_key is None:
         return None
     digest = hashlib.sha256(json.dumps([sys.version, list(refs), sorted(roots), skip_key]).encode())
+    return hashlib.sha256(digest.digest() + _sources_digest(roots)).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _sources_digest(roots: frozenset[str]) -> bytes:
+    """A hash of the path and text of every source file under ``roots``: read once per process
+    for all the task classes that share the roots."""
+    digest = hashlib.sha256()
     for root in sorted(roots):
         for path in _root_files(root):
             digest.update(str(path).encode() + b"\0" + _read(path).encode() + b"\0")
-    return digest.hexdigest()
+    return digest.digest()
 
 
 def _disk_read(path: Path) -> dict[str, str]:
@@ -320,6 +328,7 @@ def _closure_version(refs: tuple[str, ...], roots: frozenset[str], skip: Skip | 
 def clear_code_cache() -> None:
     """Forget parsed sources (after editing a module in the same process)."""
     _code_version.cache_clear()
+    _sources_digest.cache_clear()
     _refs_of.cache_clear()
     _dump.cache_clear()
     _parse.cache_clear()
