@@ -7,9 +7,12 @@ normalisation's curvature included:
 taking it once at the start point stalled fits whose NPs crossed |alpha| = 1, where code 4 turns
 from a polynomial into an exponential; 3 of 4 many-NP toys then did not converge in 40
 iterations). Parameters on a bound with the gradient pushing outwards are held; a step that
-raises the NLL is halved; the last step (decrement below ``_PREDICT``) is taken without
-evaluating where it lands.
-A fit that does not reach the tolerance within the iteration limit is flagged.
+raises the NLL is halved; the last step (decrement below ``_PREDICT`` or the tolerance) is
+taken without evaluating where it lands.
+A fit that does not reach the tolerance within the iteration limit is flagged. A likelihood whose
+NLL carries rounding noise (the float32 surrogates of :mod:`hsbi.inference.batched_nd`) declares
+``newton_tolerances = (tol, noise)``: the decrement at which its fits stop and the NLL rise that
+still counts as no rise.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray |
     ``reference`` asks the declared model for the derivatives' tensor expressions instead of
     its fused kernels (the benchmarks' baseline)."""
     model = lik.model
+    tol, noise = getattr(lik, "newton_tolerances", (_TOL, 1e-10))
     theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=DTYPE).clone()
     B, P = theta.shape
     hold = np.array([p.fixed for p in model.parameters]) | (np.zeros(P, bool) if fixed is None else fixed)
@@ -92,7 +96,7 @@ def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray |
         rows = torch.nonzero(~done).squeeze(1)
         th = theta[rows]
         f_new, g, H = lik.nll_grad_hess(data, th, rows=rows.numpy(), reference=reference)
-        worse = ~(f_new <= f[rows] + 1e-10)
+        worse = ~(f_new <= f[rows] + noise)
         if bool(worse.any()):
             bad = rows[worse]
             step[bad] = step[bad] / 2
@@ -110,17 +114,16 @@ def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray |
         ga = torch.where(active, g, 0.0)
         new = _newton_step(Ha, ga)
         decrement[rows] = -(new * ga).sum(-1) / 2
-        finished = decrement[rows] < _TOL
         target = last[rows] + new
-        predict = ~finished & (decrement[rows] < _PREDICT) & (torch.clamp(target, lo, hi) == target).all(-1)
+        predict = (decrement[rows] < max(_PREDICT, tol)) & (torch.clamp(target, lo, hi) == target).all(-1)
         if bool(predict.any()):  # the last step, unless a bound cuts it
             taken = rows[predict]
             last[taken], f[taken] = target[predict], f[taken] - decrement[taken]
-            finished = finished | predict
+        finished = (decrement[rows] < tol) | predict
         done[rows] = finished
         going = rows[~finished]
         step[going] = new[~finished]
         theta[going] = torch.clamp(last[going] + step[going], lo, hi)
         if bool(done.all()):
             break
-    return BatchFit(last.numpy(), f.numpy(), (done & (decrement < _LOOSE)).numpy(), it)
+    return BatchFit(last.numpy(), f.numpy(), (done & (decrement < max(_LOOSE, tol))).numpy(), it)

@@ -14,31 +14,34 @@ row of indices into it, so events shared by toys (pooled toys) are evaluated and
 
 Fits. The extended NLL of ``likelihood.py`` with a constraint per nuisance (Gaussian,
 log-normal or none, :class:`~hsbi.models.constraint.Constraint`) has analytic gradients and
-Hessians in ``theta = (mu, u_1..u_P)``; every toy is minimised by a projected Newton method
-(parameters on a bound with the gradient pushing outwards are held; non-positive Hessians are
-damped) in which each iteration costs one pass: a trial point whose NLL rose is rejected and
-its step shortened. Toys are processed in chunks of 32 (the fastest size measured: larger ones
-leave the cache, smaller ones pay per-operation overhead), their rows gathered once per chunk.
-Interval edges solve ``NLL(mu, u) = NLL_min + q / 2``, ``d NLL / du = 0`` jointly by Newton from
-the parabolic (Hessian) edge, which is MINOS' definition of the profile-likelihood interval.
+Hessians in ``theta = (mu, u_1..u_P)`` (:meth:`_Chunk.derivatives`): the toys are one more
+:class:`~hsbi.inference.fitting.Likelihood` (:class:`SurrogateLikelihood`), minimised by the
+one batched Newton method of every model (:func:`~hsbi.inference.batched_fit.fit_batch`) and
+their intervals found by :func:`~hsbi.inference.toys.wilks_intervals`. Toys are processed in
+chunks of 32 (the fastest size measured: larger ones leave the cache, smaller ones pay
+per-operation overhead), their rows gathered once per chunk.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy.stats import chi2
 
+from hsbi.inference.batched_fit import fit_batch
+from hsbi.inference.statmodel import Parameter, ParameterSpace
+from hsbi.inference.toys import wilks_intervals
 from hsbi.models.constraint import Constraint
 
 __all__ = [
     "Basis",
     "BatchedToys",
     "FitResult",
+    "SurrogateLikelihood",
     "Window",
     "assemble",
     "fit",
@@ -62,7 +65,7 @@ Sampler = Callable[[np.random.Generator, str, int], np.ndarray]
 _TOYS_PER_CHUNK = 32
 #: NLL changes below this count as rounding (float32 ``u``-dependence, ``~1e-7`` per event).
 _NLL_NOISE = 1e-6
-#: Newton decrement at which a fit stops (see :func:`fit`).
+#: ``g^T H^-1 g`` at which a fit stops (:class:`SurrogateLikelihood`).
 _TOL = 1e-4
 #: ``|u|`` beyond which a nuisance sits on its window's edge.
 _EDGE = 0.999
@@ -289,6 +292,15 @@ class _Chunk:
         c0 = toys.c0.index_select(0, flat).view(b, n, -1).transpose(1, 2)
         return cls(toys, c0, toys.coef.index_select(0, flat).view(b, n, -1), toys.weights, toys.aux)
 
+    @property
+    def batch(self) -> int:
+        return len(self.w)
+
+    def take(self, rows: torch.Tensor | np.ndarray) -> _Chunk:
+        """The toys ``rows`` of this chunk (the table, basis and window shared)."""
+        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return _Chunk(self.toys, self.c0[rows], self.coef[rows], self.w[rows], self.aux[rows])
+
     def derivatives(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """NLL ``(b,)``, gradient ``(b, Q)`` and Hessian ``(b, Q, Q)`` at ``theta = (mu, u) (b, Q)``.
 
@@ -357,78 +369,50 @@ class _Chunk:
         return f, g, h
 
 
-def _bounds(toys: BatchedToys) -> tuple[torch.Tensor, torch.Tensor]:
-    p = toys.n_nuisances
-    lo = torch.tensor([toys.mu_bounds[0]] + [-1.0] * p, dtype=torch.float64)
-    hi = torch.tensor([toys.mu_bounds[1]] + [1.0] * p, dtype=torch.float64)
-    return lo, hi
+@dataclass(frozen=True)
+class _Parameters(ParameterSpace):
+    parameters: tuple[Parameter, ...]
+    poi: str = "mu"
 
 
-def _newton_step(theta: torch.Tensor, g: torch.Tensor, h: torch.Tensor, free: torch.Tensor,
-                 lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Projected Newton step ``(b, Q)``: parameters fixed by ``free`` (``(Q,)``, 0 or 1) or on a
-    bound with the gradient pushing out are held; a Hessian that is not positive definite is
-    damped by its largest element."""
-    held = ((theta <= lo) & (g > 0)) | ((theta >= hi) & (g < 0))
-    mask = free * (~held).to(theta.dtype)  # (b, Q)
-    hm = h * mask[:, :, None] * mask[:, None, :] + torch.diag_embed(1.0 - mask)
-    _, info = torch.linalg.cholesky_ex(hm)
-    damp = torch.where(info == 0, 0.0, 1e-3 + hm.abs().amax((1, 2)))
-    eye = torch.eye(theta.shape[1], dtype=theta.dtype)
-    step = -torch.linalg.solve(hm + damp[:, None, None] * eye, (g * mask).unsqueeze(-1)).squeeze(-1)
-    return step * mask
+@dataclass(frozen=True)
+class SurrogateLikelihood:
+    """The toys' NLL in ``theta = (mu, u_1..u_P)`` as a :class:`hsbi.inference.fitting.Likelihood`
+    over a :class:`_Chunk` of them: ``mu`` within the POI's bounds, each ``u`` within the window
+    ``[-1, 1]``; fitted by :func:`~hsbi.inference.batched_fit.fit_batch` and
+    :func:`~hsbi.inference.toys.wilks_intervals` like every other model. ``newton_tolerances``:
+    the coefficients' float32 carries ``~1e-7`` per event, so a fit stops at a Newton decrement of
+    :data:`_TOL` / 2 (``g^T H^-1 g < _TOL``) and an NLL rise below :data:`_NLL_NOISE` is rounding."""
 
+    model: ParameterSpace
+    newton_tolerances: tuple[float, float] = (_TOL / 2, _NLL_NOISE)
 
-_State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    @classmethod
+    def of(cls, toys: BatchedToys) -> SurrogateLikelihood:
+        params = (Parameter("mu", "normfactor", tuple(toys.mu_bounds), float(np.mean(toys.mu_bounds))),
+                  *(Parameter(f"u{p}", "nuisance", (-1.0, 1.0), 0.0) for p in range(toys.n_nuisances)))
+        return cls(_Parameters(params))
 
-
-def _minimise_chunk(chunk: _Chunk, theta: torch.Tensor, fix_mu: bool, tol: float, iterations: int = 50,
-                    state: _State | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, _State]:
-    """Minimise every toy of ``chunk`` from ``theta (b, Q)``, or from an evaluated ``state``
-    ``(theta, NLL, gradient, Hessian)``; returns ``theta``, NLL, Hessian, a convergence flag
-    ``(b,)`` (false where the iteration limit stopped the fit) and the last evaluated state."""
-    lo, hi = _bounds(chunk.toys)
-    free = torch.ones(theta.shape[1], dtype=theta.dtype)
-    free[0] = 0.0 if fix_mu else 1.0
-    if state is None:
-        theta = torch.minimum(torch.maximum(theta, lo), hi)
-        state = (theta, *chunk.derivatives(theta))
-    theta, f, g, h = state
-    step = _newton_step(theta, g, h, free, lo, hi)
-    scale = torch.ones(len(theta), dtype=theta.dtype)
-    def converged() -> torch.Tensor:  # Newton decrement g^T H^-1 g, or no step left to take
-        return (-(g * step).sum(-1) < tol) | ((scale[:, None] * step).abs().amax(-1) < 1e-12)
-
-    for _ in range(iterations):
-        if bool(converged().all()):
-            break
-        trial = torch.minimum(torch.maximum(theta + scale[:, None] * step, lo), hi)
-        ft, gt, ht = chunk.derivatives(trial)
-        ok = ft <= f + _NLL_NOISE
-        theta = torch.where(ok[:, None], trial, theta)
-        f, g, h = torch.where(ok, ft, f), torch.where(ok[:, None], gt, g), torch.where(ok[:, None, None], ht, h)
-        step = torch.where(ok[:, None], _newton_step(theta, g, h, free, lo, hi), step)
-        scale = torch.where(ok, 1.0, scale / 4)
-    # the last full Newton step, too small to evaluate, is taken on the quadratic model
-    last = (-(g * step).sum(-1) < tol) & (scale == 1.0)
-    final = torch.where(last[:, None], torch.minimum(torch.maximum(theta + step, lo), hi), theta)
-    return final, f + torch.where(last, 0.5 * (g * step).sum(-1), 0.0), h, converged(), (theta, f, g, h)
+    def nll_grad_hess(self, data: _Chunk, theta: torch.Tensor, rows: np.ndarray | None = None,
+                      hessian: bool = True, reference: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        chunk = data if rows is None or np.array_equal(rows, np.arange(data.batch)) else data.take(rows)
+        f, g, h = chunk.derivatives(theta)
+        return f, g, h if hessian else None
 
 
 @dataclass(frozen=True)
 class FitResult:
     """Per toy: ``mu (B,)``, ``nuisance (B, P)`` (in nuisance units), ``u (B, P)`` (window
-    coordinates), ``nll (B,)``, Hessian in ``(mu, u)`` ``(B, Q, Q)``, ``at_edge (B,)``, set
-    where a nuisance ended on an edge of the window that is not one of its bounds (the
-    surrogate's validity ends there; a fit on a bound is the constrained fit), and ``converged
-    (B,)``, false where the iteration limit stopped the fit."""
+    coordinates), ``nll (B,)``, ``at_edge (B,)``, set where a nuisance ended on an edge of the
+    window that is not one of its bounds (the surrogate's validity ends there; a fit on a bound
+    is the constrained fit), and ``converged (B,)``, false where the iteration limit stopped the
+    fit."""
 
     mu: np.ndarray
     nuisance: np.ndarray
     u: np.ndarray
     nll: np.ndarray
-    hessian: np.ndarray
     at_edge: np.ndarray
     converged: np.ndarray
 
@@ -438,59 +422,61 @@ class FitResult:
         return self.at_edge | ~self.converged
 
 
-def _per_chunk(toys: BatchedToys, chunk: int,
-               step: Callable[[_Chunk, slice], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+def _per_chunk(toys: BatchedToys, chunk: int, step: Callable[[_Chunk, slice], Sequence[np.ndarray]]
+               ) -> list[np.ndarray]:
     """``step`` on every chunk of ``chunk`` toys (their rows gathered once), outputs joined."""
     slices = [slice(s, s + chunk) for s in range(0, len(toys), chunk)]
     outputs = [step(_Chunk.of(toys.subset(sl)), sl) for sl in slices]
-    return [torch.cat(parts) for parts in zip(*outputs)]
+    return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
-def _start(toys: BatchedToys, mu: np.ndarray | float, u: np.ndarray | None) -> torch.Tensor:
+def _start(toys: BatchedToys, mu: np.ndarray | float, u: np.ndarray | None) -> np.ndarray:
     """``theta (B, Q)`` from ``mu`` (scalar or ``(B,)``) and ``u (B, P)`` (default 0)."""
     n, p = len(toys), toys.n_nuisances
-    mu0 = torch.as_tensor(np.broadcast_to(np.asarray(mu, dtype=float), (n,)).copy())
-    u0 = torch.zeros((n, p), dtype=torch.float64) if u is None else torch.as_tensor(
-        np.asarray(u, dtype=float)).reshape(n, p)
-    return torch.cat([mu0[:, None], u0], 1)
+    mu0 = np.broadcast_to(np.asarray(mu, dtype=float), (n,))
+    u0 = np.zeros((n, p)) if u is None else np.asarray(u, dtype=float).reshape(n, p)
+    return np.c_[mu0, u0]
 
 
-def _result(toys: BatchedToys, theta: torch.Tensor, nll: torch.Tensor, hessian: torch.Tensor,
-            converged: torch.Tensor) -> FitResult:
-    u = theta[:, 1:].numpy()
-    return FitResult(theta[:, 0].numpy(), toys.nuisance(u), u, nll.numpy(), hessian.numpy(),
-                     toys.window.off_window(u), converged.numpy())
+def _held(toys: BatchedToys, fix_mu: bool) -> np.ndarray:
+    return np.array([fix_mu] + [False] * toys.n_nuisances)
+
+
+def _result(toys: BatchedToys, theta: np.ndarray, nll: np.ndarray, converged: np.ndarray) -> FitResult:
+    u = theta[:, 1:]
+    return FitResult(theta[:, 0].copy(), toys.nuisance(u), u, nll, toys.window.off_window(u), converged)
 
 
 def fit(toys: BatchedToys, mu_start: np.ndarray | float, u_start: np.ndarray | None = None,
-        fix_mu: bool = False, iterations: int = 50, tol: float = _TOL,
-        chunk: int = _TOYS_PER_CHUNK) -> FitResult:
-    """Global (or, with ``fix_mu``, conditional) fits of all toys, from ``mu_start`` (scalar or
-    ``(B,)``) and ``u_start (B, P)`` (default: the window's center). ``tol``: Newton decrement
-    ``g^T H^-1 g`` below which a toy counts as converged; its last Newton step is then taken
-    without evaluation (before it the NLL is within ``tol / 2`` of the minimum and the
-    parameters within ``sqrt(tol)`` of their errors; Newton's convergence squares both)."""
-    theta0 = _start(toys, mu_start, u_start)
-    return _result(toys, *_per_chunk(
-        toys, chunk, lambda ch, sl: _minimise_chunk(ch, theta0[sl], fix_mu, tol, iterations)[:4]))
+        fix_mu: bool = False, iterations: int = 50, chunk: int = _TOYS_PER_CHUNK) -> FitResult:
+    """Global (or, with ``fix_mu``, conditional) fits of all toys by
+    :func:`~hsbi.inference.batched_fit.fit_batch` (at most ``iterations`` Newton iterations),
+    from ``mu_start`` (scalar or ``(B,)``) and ``u_start (B, P)`` (default: the window's
+    center); see :class:`SurrogateLikelihood` for the tolerance."""
+    lik, theta0 = SurrogateLikelihood.of(toys), _start(toys, mu_start, u_start)
+
+    def one(ch: _Chunk, sl: slice) -> tuple[np.ndarray, ...]:
+        res = fit_batch(lik, ch, theta0[sl], fixed=_held(toys, fix_mu), max_iter=iterations)
+        return res.theta, res.nll, res.converged
+
+    return _result(toys, *_per_chunk(toys, chunk, one))
 
 
-def profile_fits(toys: BatchedToys, mu: float, mu_start: float | None = None, tol: float = _TOL,
+def profile_fits(toys: BatchedToys, mu: float, mu_start: float | None = None,
                  chunk: int = _TOYS_PER_CHUNK) -> tuple[FitResult, FitResult]:
     """Per toy the conditional fit at ``mu`` (from the window's center) and the global fit (from
     ``(mu_start or mu, u_hat_mu)``), with each chunk's rows gathered once for both."""
-    theta0 = _start(toys, mu, None)
+    lik, theta0 = SurrogateLikelihood.of(toys), _start(toys, mu, None)
     first_mu = float(mu if mu_start is None else mu_start)
 
-    def both(ch: _Chunk, sl: slice) -> tuple[torch.Tensor, ...]:
-        *cond, state = _minimise_chunk(ch, theta0[sl], True, tol)
-        start = torch.cat([torch.full_like(cond[0][:, :1], first_mu), cond[0][:, 1:]], 1)
-        # from the conditional fit's last evaluated point when the global fit starts at mu
-        glob = _minimise_chunk(ch, start, False, tol, state=state if mu_start is None else None)
-        return (*cond, *glob[:4])
+    def both(ch: _Chunk, sl: slice) -> tuple[np.ndarray, ...]:
+        cond = fit_batch(lik, ch, theta0[sl], fixed=_held(toys, True), max_iter=50)
+        start = np.c_[np.full(len(cond.theta), first_mu), cond.theta[:, 1:]]
+        glob = fit_batch(lik, ch, start, max_iter=50)
+        return cond.theta, cond.nll, cond.converged, glob.theta, glob.nll, glob.converged
 
     out = _per_chunk(toys, chunk, both)
-    return _result(toys, *out[:4]), _result(toys, *out[4:])
+    return _result(toys, *out[:3]), _result(toys, *out[3:])
 
 
 def profile_t(toys: BatchedToys, mu: float, mu_start: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -500,71 +486,20 @@ def profile_t(toys: BatchedToys, mu: float, mu_start: float | None = None) -> tu
     return 2 * (cond.nll - np.minimum(glob.nll, cond.nll)), cond.failed | glob.failed
 
 
-def _edge_solve(g: torch.Tensor, h: torch.Tensor, excess: torch.Tensor,
-                free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The edge's Newton step with the nuisances ``free (b, P)`` (0: held on a bound): ``d_mu``
-    and the two terms of ``d_u = -(w_g + w_h d_mu)``."""
-    h_uu = h[:, 1:, 1:] * free[:, :, None] * free[:, None, :] + torch.diag_embed(1.0 - free)
-    g_u, h_um = g[:, 1:] * free, h[:, 1:, 0] * free
-    w_g = torch.linalg.solve(h_uu, g_u.unsqueeze(-1)).squeeze(-1)
-    w_h = torch.linalg.solve(h_uu, h_um.unsqueeze(-1)).squeeze(-1)
-    # the NLL changes by g_mu d_mu + g_u.d_u to first order
-    slope = g[:, 0] - (g_u * w_h).sum(-1)
-    d_mu = (-excess + (g_u * w_g).sum(-1)) / torch.where(slope.abs() > 1e-300, slope, 1e-300)
-    return d_mu, w_g, w_h
-
-
-def _edge_chunk(chunk: _Chunk, best: torch.Tensor, f_min: torch.Tensor, cov: torch.Tensor,
-                q: float, side: float, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One edge of each toy's interval ``(b,)`` and a flag: converged, with no nuisance on an
-    edge of the window that is not one of its bounds (a nuisance on a bound is held there).
-    Newton on
-    ``F = (NLL - NLL_min - q/2, dNLL/du) = 0`` from the parabolic edge ``best + side sqrt(q)
-    cov[:, 0] / sigma_mu``, eliminating ``d_u`` through the second equation (so the step in
-    ``mu`` follows the profile's slope); ``mu`` is kept between ``mu_hat`` and its bound (the
-    edge is the bound where the profile stays below the target there)."""
-    lo, hi = _bounds(chunk.toys)
-    sigma = cov[:, 0, 0].clamp_min(1e-300).sqrt()
-    theta = torch.minimum(torch.maximum(best + side * math.sqrt(q) * cov[:, :, 0] / sigma[:, None], lo), hi)
-    mu_lo = best[:, 0] if side > 0 else torch.full_like(sigma, lo[0].item())
-    mu_hi = best[:, 0] if side < 0 else torch.full_like(sigma, hi[0].item())
-    target = f_min + q / 2
-    done = torch.zeros(len(theta), dtype=torch.bool)
-    bounded = torch.as_tensor(chunk.toys.window.edges())
-    for _ in range(iterations):
-        f, g, h = chunk.derivatives(theta)
-        excess = f - target
-        # d_u = -H_uu^-1 (g_u + H_umu d_mu); a nuisance on a bound that the step pushes out is held
-        d_mu, w_g, w_h = _edge_solve(g, h, excess, torch.ones_like(theta[:, 1:]))
-        d_u, u = -(w_g + w_h * d_mu[:, None]), theta[:, 1:]
-        held = (u <= -1.0) & bounded[0] & (d_u < 0) | (u >= 1.0) & bounded[1] & (d_u > 0)
-        if bool(held.any()):
-            d_mu, w_g, w_h = _edge_solve(g, h, excess, (~held).to(theta.dtype))
-        d_mu = d_mu.clamp(-2 * math.sqrt(q) * sigma, 2 * math.sqrt(q) * sigma)
-        mu_new = torch.minimum(torch.maximum(theta[:, 0] + d_mu, mu_lo), mu_hi)
-        d_mu = mu_new - theta[:, 0]
-        d_u = -(w_g + w_h * d_mu[:, None])
-        theta = torch.minimum(torch.maximum(theta + torch.cat([d_mu[:, None], d_u], 1), lo), hi)
-        # Newton converges quadratically: after a step this small the error is its square
-        done = (d_mu.abs() < 1e-4 * sigma) & (d_u.abs().amax(-1) < 1e-4)
-        if bool(done.all()):
-            break
-    return theta[:, 0], done & ~torch.as_tensor(chunk.toys.window.off_window(theta[:, 1:].numpy()))
-
-
 def intervals(toys: BatchedToys, glob: FitResult, q: float = 1.0, iterations: int = 30,
               chunk: int = _TOYS_PER_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profile-likelihood interval ``{mu: t_mu <= q}`` of every toy around its global fit
-    ``glob`` (``q = 1``: 68.3%, ``3.84``: 95%): ``low (B,)``, ``high (B,)``, and ``ok (B,)``
-    (the global fit and both edges converged with no nuisance on an edge of the window that is
-    not one of its bounds)."""
-    best = torch.as_tensor(np.c_[glob.mu, glob.u])
-    cov = torch.linalg.inv(torch.as_tensor(glob.hessian))
-    f_min = torch.as_tensor(glob.nll)
+    ``glob`` (``q = 1``: 68.3%, ``3.84``: 95%) by :func:`~hsbi.inference.toys.wilks_intervals`
+    (edges where ``|t - q| < 1e-3``: within ``5e-4 / sqrt(q)`` of the POI's error): ``low (B,)``, ``high
+    (B,)``, and ``ok (B,)`` (the global fit and both edges converged with no nuisance on an edge
+    of the window that is not one of its bounds)."""
+    lik, level = SurrogateLikelihood.of(toys), float(chi2.cdf(q, 1))
+    start = np.c_[glob.mu, glob.u]
 
-    def edges(ch: _Chunk, sl: slice) -> tuple[torch.Tensor, ...]:
-        return tuple(v for side in (-1.0, 1.0)
-                     for v in _edge_chunk(ch, best[sl], f_min[sl], cov[sl], q, side, iterations))
+    def edges(ch: _Chunk, sl: slice) -> tuple[np.ndarray, ...]:
+        out, theta = wilks_intervals(lik, ch, level, start[sl], iterations=iterations, tol=1e-3, edge_theta=True)
+        off = toys.window.off_window(np.nan_to_num(theta[:, :, 1:]).reshape(-1, toys.n_nuisances))
+        return out[:, 0], out[:, 1], np.isfinite(out).all(-1) & ~off.reshape(-1, 2).any(-1)
 
-    low, low_ok, high, high_ok = (v.numpy() for v in _per_chunk(toys, chunk, edges))
-    return low, high, low_ok & high_ok & ~glob.failed
+    low, high, ok = _per_chunk(toys, chunk, edges)
+    return low, high, ok & ~glob.failed

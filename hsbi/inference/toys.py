@@ -193,14 +193,16 @@ def t_statistic(lik: Likelihood, data: Dataset, mu: float, start: np.ndarray | N
 
 
 def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndarray | None = None,
-                    iterations: int = 20, tol: float = 1e-3) -> np.ndarray:
+                    iterations: int = 20, tol: float = 1e-3, edge_theta: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The asymptotic (Wilks) interval of the POI at ``level`` for each dataset of ``data``,
     ``(low, high)`` (B, 2), where ``t(mu)`` crosses the chi2(1) quantile ``q``: batched fits of
     all datasets at once, MINOS's answer without its one-at-a-time fits. From the global fit
     (from ``start``, default the inits) each edge starts at ``mu_hat +- sigma sqrt(q)`` (the
     analytic Hessian's ``sigma``) and moves by the secant of ``sqrt(t)`` (linear in ``mu`` for a
     parabolic ``t``) until ``|t - q| < tol``; an edge beyond a bound of the POI whose ``t``
-    stays below ``q`` there is the bound. NaN where a fit failed or an edge did not converge."""
+    stays below ``q`` there is the bound. NaN where a fit failed or an edge did not converge.
+    With ``edge_theta`` also the conditional MLEs at the edges, ``(B, 2, P)`` (NaN where none)."""
     from hsbi.inference.fitting import wilks_threshold
 
     model = lik.model
@@ -218,6 +220,7 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     fixed[k] = True
     mu_hat = glob.theta[:, k]
     out = np.full((B, 2), np.nan)
+    at_edges = np.full((B, 2, len(model.names)), np.nan)
     for side, col in ((-1.0, 0), (1.0, 1)):
         theta = glob.theta.copy()
         todo = glob.converged.copy()
@@ -235,6 +238,7 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
             at_bound = (mu[rows] == (lo_b if side < 0 else hi_b)) & (r * r <= q)
             done = cond.converged & ((np.abs(r * r - q) < tol) | at_bound)
             out[rows[done], col] = mu[rows[done]]
+            at_edges[rows[done], col] = cond.theta[done]
             todo[rows[done | ~cond.converged]] = False
             # the secant of sqrt(t) through the last two points (linear in mu for a parabolic t,
             # and converging where t is not: at a bound, mu_hat on it), else twice the step
@@ -245,7 +249,7 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
             new = np.where(np.isfinite(secant), secant, mu_hat[rows] + 2 * step)
             prev[rows] = np.stack([mu[rows], r], -1)
             mu[rows] = np.clip(new, lo_b, hi_b)
-    return out
+    return (out, at_edges) if edge_theta else out
 
 
 def critical_value(t: np.ndarray, level: float) -> float:
