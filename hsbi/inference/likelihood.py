@@ -12,10 +12,10 @@ with ``C = (z - aux)^2 / (2 sigma^2)`` (Gaussian), ``(log z - log aux)^2 / (2 si
 (log-normal) or 0. ``mu`` is restricted to ``mu_bounds``, ``z`` to ``nuisance_bounds``.
 The nuisance may change shapes (through ``l_ic(z)``), rates (through ``a(z), b(z)``) or both.
 
-(``statistics.md``: extended NLL with constraint terms). Observed fits minimise it through the
-one fitting interface (:class:`hsbi.inference.mixture.MixtureLikelihood`). Here, the grid
-profile (:class:`ProfiledGrid`) that seeds them and that fits simulator toys on nuisance windows:
-NLL is convex in ``mu`` for fixed ``z``, so the POI is profiled by safeguarded Newton; the
+(``statistics.md``: extended NLL with constraint terms). Observed and toy fits minimise it
+through the one fitting interface (:class:`hsbi.inference.mixture.MixtureLikelihood`). Here, the
+grid profile (:class:`ProfiledGrid`), the global search that seeds them (and the density
+checks' scan): NLL is convex in ``mu`` for fixed ``z``, so the POI is profiled by safeguarded Newton; the
 nuisance by a grid with a parabola through the three lowest points (exact for a quadratic NLL;
 grids are chosen a fraction of sigma_z apart).
 """

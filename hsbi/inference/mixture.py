@@ -20,10 +20,12 @@ width where that is larger: a trained density's log values carry noise of ~1e-6 
 parts, spline knots), which the second difference divides by ``h^2`` (measured on the HiggsML
 flow: at ``h = 1e-4`` of the range its curvature came out 36 times too large, the nuisance's
 error 6 times too small; at a tenth of the width still 1.5 times: its log density is smooth in
-the nuisance only at larger scales, so the width that sizes toy windows is the seed grid's). Rows of a batch that share a dataset are evaluated in one density
-call over all their nuisance values.
+the nuisance only at larger scales, so the width that sizes toy windows is the seed grid's).
+Rows of a batch that share a dataset are evaluated in one density call over all their nuisance
+values; tabulated rows (toys: one table each) all in one pass, their events concatenated and
+the per-row sums taken by ``bincount``.
 
-A dataset fitted many times (the observed data, the Asimov dataset) carries a :class:`Table`:
+A dataset fitted many times (the observed data, the Asimov dataset, a toy) carries a :class:`Table`:
 its per-event log densities computed once on the nuisance grid of its seed profile and
 interpolated in ``z`` by a cubic spline (C2, so the stencil's parabola sees a smooth function;
 error ``O(dz^4)`` between knots, ~1e-10 of a log density's variation at 240 knots); the fit
@@ -34,6 +36,7 @@ minutes per fit).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,7 +69,8 @@ def stencil(x: np.ndarray, h: float, lo: float, hi: float) -> tuple[np.ndarray, 
     else:
         s, d1, d2 = np.zeros(len(x)), np.zeros((len(x), 3)), np.zeros((len(x), 3))
     points = (x - s * h)[:, None] + h * np.array([-1.0, 0.0, 1.0]) * (hi > lo)
-    return points, (1 + s).astype(np.int64), d1, d2
+    # on a bound, x + h - h may round an ulp outside it (a density refuses values off its range)
+    return np.clip(points, lo, hi), (1 + s).astype(np.int64), d1, d2
 
 
 @dataclass(frozen=True)
@@ -81,22 +85,39 @@ class MixtureParameters(ParameterSpace):
 class Table:
     """Per-event log densities of one dataset, ``log_components(x, zs)`` ``(K, n, C)`` on the
     increasing nuisance grid ``zs`` (K,), interpolated in the nuisance by a not-a-knot cubic
-    spline; ``None`` from :meth:`of` where the grid is one point or a log density is not finite
-    (the density is then called)."""
+    spline. The spline is linear in the tabulated values, so it is kept as the grid's cardinal
+    splines ``basis`` (one per knot: the spline through a unit value there; built once per grid)
+    and ``values`` ``(K, M)``, of which this dataset's are the columns ``cols`` (datasets on one
+    grid share both, :meth:`many`): a value at ``z`` is ``basis(z) @ values``, with no set-up
+    per event. ``None`` from :meth:`of` where the grid has under 4 points or a log density is
+    not finite (the density is then called)."""
 
-    spline: CubicSpline
+    basis: CubicSpline
+    values: np.ndarray
+    cols: slice
     shape: tuple[int, int]  # (n, C)
 
     @classmethod
     def of(cls, zs: np.ndarray, comps: np.ndarray) -> Table | None:
+        return cls.many(zs, comps, [0, np.shape(comps)[1]])[0]
+
+    @classmethod
+    def many(cls, zs: np.ndarray, comps: np.ndarray, offsets: Sequence[int]) -> list[Table | None]:
+        """The tables of several datasets whose events are ``comps``' ``offsets[j]:offsets[j + 1]``."""
         zs, comps = np.asarray(zs, dtype=float), np.asarray(comps, dtype=float)
-        if len(zs) < 4 or not np.all(np.diff(zs) > 0) or not np.all(np.isfinite(comps)):
-            return None
-        return cls(CubicSpline(zs, comps.reshape(len(zs), -1), axis=0), comps.shape[1:])
+        K, _, C = comps.shape
+        parts = list(itertools.pairwise(offsets))
+        if K < 4 or not np.all(np.diff(zs) > 0):
+            return [None] * len(parts)
+        finite = np.isfinite(comps).all(axis=(0, 2))
+        basis, values = CubicSpline(zs, np.eye(K), axis=0), comps.reshape(K, -1)
+        return [cls(basis, values, slice(a * C, b * C), (b - a, C)) if finite[a:b].all() else None
+                for a, b in parts]
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         """``(G, n, C)`` at the nuisance values ``z`` (G,) within the grid."""
-        return self.spline(np.asarray(z, dtype=float)).reshape(len(z), *self.shape)
+        z = np.asarray(z, dtype=float)
+        return (self.basis(z) @ self.values[:, self.cols]).reshape(len(z), *self.shape)
 
 
 @dataclass(frozen=True)
@@ -164,51 +185,77 @@ class MixtureLikelihood:
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = np.arange(data.batch) if rows is None else np.asarray(rows, dtype=np.int64)
         th = theta.detach().to(DTYPE).numpy()
+        zs, at, d1, d2 = stencil(th[:, 1], self.step, *self.model.parameters[1].bounds)
+        aux = data.aux[rows, 1].numpy()
         value, grad, hess = np.zeros(len(rows)), np.zeros((len(rows), 2)), np.zeros((len(rows), 2, 2))
+
+        def evaluate(b: np.ndarray, comps: np.ndarray, w: np.ndarray, sizes: np.ndarray) -> None:
+            value[b], grad[b], hess[b] = self._evaluate(comps, w, np.repeat(np.arange(len(b)), sizes), th[b],
+                                                        zs[b], at[b], d1[b], d2[b], aux[b])
+
+        tabulated = np.array([data.tables[r] is not None for r in rows], dtype=bool)
+        for b in self._parts(np.flatnonzero(tabulated), [data.x[r] for r in rows]):  # one pass, all datasets
+            sizes = np.array([len(data.x[rows[k]]) for k in b])
+            evaluate(b, np.concatenate([data.tables[rows[k]](zs[k]) for k in b], axis=1),
+                     np.concatenate([data.w[rows[k]] for k in b]), sizes)
         groups: dict[int, list[int]] = {}
-        for b, r in enumerate(rows):  # rows of one dataset: one density call
-            groups.setdefault(id(data.x[r]), []).append(b)
+        for k in np.flatnonzero(~tabulated):  # rows of one dataset: one density call
+            groups.setdefault(id(data.x[rows[k]]), []).append(k)
         for members in groups.values():
-            r = rows[members[0]]
-            per_call = max(1, _CHUNK // max(1, 3 * data.x[r].size))
-            for k in range(0, len(members), per_call):
-                b = np.asarray(members[k : k + per_call])
-                v, g, h = self._evaluate(data.x[r], data.w[r], th[b], data.aux[rows[b], 1].numpy(),
-                                         data.tables[r])
-                value[b], grad[b], hess[b] = v, g, h
+            x, w = data.x[rows[members[0]]], data.w[rows[members[0]]]
+            for b in self._parts(np.asarray(members), [x] * len(rows)):
+                comps = np.asarray(self.density.log_components(x, zs[b].ravel()), dtype=float)
+                comps = comps.reshape(len(b), 3, len(x), -1).transpose(1, 0, 2, 3).reshape(3, len(b) * len(x), -1)
+                evaluate(b, comps, np.tile(w, len(b)), np.full(len(b), len(x)))
         as_t = lambda a: torch.from_numpy(a)
         return as_t(value), as_t(grad), as_t(hess) if hessian else None
 
-    def _evaluate(self, x: np.ndarray, w: np.ndarray, theta: np.ndarray, aux: np.ndarray,
-                  table: Table | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Value (G,), gradient (G, 2) and Hessian (G, 2, 2) of one dataset at G points (its log
-        densities from ``table`` where given, else from the density)."""
-        mu, z = theta[:, 0], theta[:, 1]
-        zs, at, d1, d2 = stencil(z, self.step, *self.model.parameters[1].bounds)
-        G, n = len(z), len(x)
-        comps = table(zs.ravel()) if table is not None else self.density.log_components(x, zs.ravel())
-        comps = np.asarray(comps, dtype=float).reshape(G, 3, n, -1)
+    @staticmethod
+    def _parts(rows: np.ndarray, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``rows`` in consecutive groups of at most :data:`_CHUNK` log densities (3 stencil
+        points per event and process; at least one row each)."""
+        out, current, size = [], [], 0
+        for k in rows:
+            n = 3 * xs[k].size
+            if current and size + n > _CHUNK:
+                out.append(np.asarray(current))
+                current, size = [], 0
+            current.append(k)
+            size += n
+        return out + ([np.asarray(current)] if current else [])
+
+    def _evaluate(self, comps: np.ndarray, w: np.ndarray, seg: np.ndarray, theta: np.ndarray, zs: np.ndarray,
+                  at: np.ndarray, d1: np.ndarray, d2: np.ndarray, aux: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Value (G,), gradient (G, 2) and Hessian (G, 2, 2) of G rows from the log densities
+        ``comps`` (3, N, C) at their stencil points ``zs`` (G, 3) of the N events of all rows,
+        event ``i`` of row ``seg[i]`` with weight ``w[i]`` (per-row sums: ``bincount``)."""
+        G, mu = len(theta), theta[:, 0]
         a, b = (np.asarray(c, dtype=float).reshape(G, 3, -1) for c in self.extended.yields(zs.ravel()))
-        m = comps.max(axis=(1, 3))  # (G, n): one scale per event, the same at every stencil point
-        e = np.exp(comps - m[:, None, :, None])
-        A, B = np.einsum("gkic,gkc->gki", e, a), np.einsum("gkic,gkc->gki", e, b)
-        lam = A + mu[:, None, None] * B  # (G, 3, n)
-        rows = np.arange(G)
-        lam0, B0 = lam[rows, at], B[rows, at]
+        m = comps.max(axis=(0, 2))  # (N,): one scale per event, the same at every stencil point
+        e = np.exp(comps - m[None, :, None])
+        A, B = np.einsum("kic,ikc->ki", e, a[seg]), np.einsum("kic,ikc->ki", e, b[seg])  # (3, N)
+        lam = A + mu[seg] * B
+        events, rows = np.arange(len(seg)), np.arange(G)
+        lam0, B0 = lam[at[seg], events], B[at[seg], events]
         S = a.sum(-1) + mu[:, None] * b.sum(-1)  # (G, 3) total yields
         C = np.stack([self.extended.constraint_nll(zs[g], aux[g]) for g in range(G)])  # (G, 3)
+
+        def per_row(v: np.ndarray) -> np.ndarray:
+            return np.bincount(seg, weights=v * w, minlength=G)
+
         with np.errstate(divide="ignore", invalid="ignore"):
             log_lam = np.where(lam0 > 0, np.log(np.where(lam0 > 0, lam0, 1.0)), -np.inf)
-            value = S[rows, at] - np.sum((log_lam + m) * w, -1) + C[rows, at]
+            value = S[rows, at] - per_row(log_lam + m) + C[rows, at]
             r0 = B0 / lam0
-            lam1, lam2 = np.einsum("gk,gki->gi", d1, lam), np.einsum("gk,gki->gi", d2, lam)
-            B1 = np.einsum("gk,gki->gi", d1, B)
+            e1, e2 = d1[seg].T, d2[seg].T  # (3, N): each event's stencil weights
+            lam1, lam2, B1 = (e1 * lam).sum(0), (e2 * lam).sum(0), (e1 * B).sum(0)
             q1 = lam1 / lam0
-            grad = np.stack([b.sum(-1)[rows, at] - r0 @ w,
-                             (d1 * S).sum(-1) - q1 @ w + (d1 * C).sum(-1)], -1)
-            h_mm = (r0**2) @ w
-            h_mz = (d1 * b.sum(-1)).sum(-1) - (B1 / lam0 - r0 * q1) @ w
-            h_zz = (d2 * S).sum(-1) - (lam2 / lam0 - q1**2) @ w + (d2 * C).sum(-1)
+            grad = np.stack([b.sum(-1)[rows, at] - per_row(r0),
+                             (d1 * S).sum(-1) - per_row(q1) + (d1 * C).sum(-1)], -1)
+            h_mm = per_row(r0**2)
+            h_mz = (d1 * b.sum(-1)).sum(-1) - per_row(B1 / lam0 - r0 * q1)
+            h_zz = (d2 * S).sum(-1) - per_row(lam2 / lam0 - q1**2) + (d2 * C).sum(-1)
         hess = np.stack([np.stack([h_mm, h_mz], -1), np.stack([h_mz, h_zz], -1)], -2)
         bad = ~np.isfinite(value)
         value[bad] = np.inf
