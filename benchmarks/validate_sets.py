@@ -165,8 +165,10 @@ def validate_on_off(args: argparse.Namespace, out: Path, log: list[str]) -> dict
     coverage, t_values = {}, {}
     for name, lik in liks.items():
         window = toy_window(model, profile_set(lik, observed, poi, nuisance), truth[0])
-        t, failed = toy_t_values(lik, set_toys(model, truth, args.toys, seed=202), truth[0], *window)
-        t_ref, failed_ref = toy_t_values(lik, set_toys(model, truth, args.toys, seed=303), truth[0], *window)
+        t, failed = toy_t_values(lik, set_toys(model, truth, args.toys, seed=202), truth[0], *window,
+                                 model=model)
+        t_ref, failed_ref = toy_t_values(lik, set_toys(model, truth, args.toys, seed=303), truth[0],
+                                         *window, model=model)
         coverage[name] = {f"{cl:g}": neyman_coverage(t, t_ref, cl) for cl in LEVELS}
         coverage[name]["failed_fits"] = int(failed + failed_ref)
         t_values[name] = t

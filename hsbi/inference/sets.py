@@ -5,12 +5,18 @@ next to the exact one of a set model.
 A *set likelihood* is anything with ``log_likelihood(events (n, D), theta (K, 2)) -> (K,)``
 (up to terms free of ``theta``): a trained ``SetRatioNet`` or an exact ``OnOffSets``.
 ``t(mu) = 2 (max_{mu', nu} log L - max_nu log L(mu, nu))`` (``statistics.md``).
+
+The grid scan (:func:`profile_set`) is the global search and the observed scan; the observed
+fit (:func:`fit_set`) and the toys' ``t`` (:func:`toy_t_values`) go through the one fitting
+interface (:mod:`hsbi.inference.fitting`, :func:`~hsbi.inference.batched_fit.fit_batch`) on a
+:class:`SetFitLikelihood`, seeded by the grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -19,6 +25,7 @@ from scipy.optimize import brentq
 from scipy.stats import chi2
 
 from hsbi.exceptions import DataError, FitError
+from hsbi.inference.batched_fit import fit_batch
 from hsbi.inference.likelihood import parabola_min
 from hsbi.inference.profile import Interval, critical_values
 from hsbi.models.bump_hunt import SetModel
@@ -31,6 +38,7 @@ __all__ = [
     "coverage_summary",
     "fit_grids",
     "fit_set",
+    "fit_steps",
     "infer_set_profile",
     "interval_widths",
     "neyman_set_toys",
@@ -62,9 +70,13 @@ class SetProfile:
     nuisance_hat_global: float
     edge: bool
 
+    @cached_property
+    def _spline(self) -> CubicSpline:
+        return CubicSpline(self.poi, self.t)
+
     def t_at(self, mu: float | np.ndarray) -> np.ndarray:
         """``t`` interpolated (cubic) between grid points, >= 0."""
-        return np.maximum(CubicSpline(self.poi, self.t)(mu), 0.0)
+        return np.maximum(self._spline(mu), 0.0)
 
     def nuisance_at(self, mu: float) -> float:
         return float(np.interp(mu, self.poi, self.nuisance_hat))
@@ -72,10 +84,12 @@ class SetProfile:
 
 @dataclass(frozen=True)
 class SetData:
-    """Observed sets as a batch for the fitting interface: the events per set; ``aux`` (B, 2)
-    is NaN (the set likelihood carries its own constraints)."""
+    """Sets as a batch for the fitting interface: the events per set and, optionally, each
+    set's finite-difference steps ``(B, 2)`` (None: the likelihood's); ``aux`` (B, 2) is NaN
+    (the set likelihood carries its own constraints)."""
 
     events: tuple[np.ndarray, ...]
+    steps: np.ndarray | None = None
 
     @property
     def aux(self):  # -> torch.Tensor
@@ -88,31 +102,33 @@ class SetData:
         return len(self.events)
 
     def take(self, rows) -> SetData:
-        return SetData(tuple(self.events[int(r)] for r in np.asarray(rows)))
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return SetData(tuple(self.events[r] for r in rows), None if self.steps is None else self.steps[rows])
 
 
 @dataclass(frozen=True)
 class SetFitLikelihood:
     """A set likelihood as a :class:`hsbi.inference.fitting.Likelihood` over ``(poi,
     nuisance)``: ``NLL = -log_likelihood``, its derivatives from the parabolas through a 3 x 3
-    stencil of ``steps`` (a set likelihood is a black box in its parameters; nine points per fit
-    point, every row of a set in one call). The value is exact: the steps move where a fit
-    stops by ``O(h^2)`` only."""
+    stencil of ``steps`` (or of the data's per-set steps; a set likelihood is a black box in its
+    parameters; nine points per fit point, every row of a set in one call). The value is
+    exact: the steps move where a fit stops by ``O(h^2)`` only."""
 
     model: object  # hsbi.inference.statmodel.ParameterSpace
     likelihood: SetLikelihood
     steps: tuple[float, float]
 
     @classmethod
-    def of(cls, likelihood: SetLikelihood, model: SetModel, poi_range: tuple[float, float],
+    def of(cls, likelihood: SetLikelihood, names: tuple[str, str], poi_range: tuple[float, float],
            nuisance_range: tuple[float, float], start: tuple[float, float],
            steps: tuple[float, float]) -> SetFitLikelihood:
+        """Over ``poi_range`` x ``nuisance_range``; ``names``: (POI, nuisance)."""
         from hsbi.inference.mixture import MixtureParameters
         from hsbi.inference.statmodel import Parameter
 
-        params = (Parameter(model.poi_name, "normfactor", tuple(poi_range), float(start[0])),
-                  Parameter(model.nuisance_name, "nuisance", tuple(nuisance_range), float(start[1])))
-        return cls(MixtureParameters(params, model.poi_name), likelihood, tuple(float(h) for h in steps))
+        params = (Parameter(names[0], "normfactor", tuple(map(float, poi_range)), float(start[0])),
+                  Parameter(names[1], "nuisance", tuple(map(float, nuisance_range)), float(start[1])))
+        return cls(MixtureParameters(params, names[0]), likelihood, tuple(float(h) for h in steps))
 
     def nll_grad_hess(self, data: SetData, theta, rows: np.ndarray | None = None, hessian: bool = True,
                       reference: bool = False):
@@ -128,9 +144,10 @@ class SetFitLikelihood:
             groups.setdefault(id(data.events[r]), []).append(b)
         for members in groups.values():
             b = np.asarray(members)
+            steps = self.steps if data.steps is None else data.steps[rows[b[0]]]
             pts = []
             for k, (lo, hi) in enumerate(self.model.bounds):
-                points, at, d1, d2 = stencil(th[b, k], self.steps[k], lo, hi)
+                points, at, d1, d2 = stencil(th[b, k], float(steps[k]), lo, hi)
                 pts.append((points, np.eye(3)[at], d1, d2))
             (p0, v0, a0, c0), (p1, v1, a1, c1) = pts
             grid = np.stack(np.broadcast_arrays(p0[:, :, None], p1[:, None, :]), -1).reshape(-1, 2)
@@ -185,30 +202,40 @@ def set_interval(profile: SetProfile, level: float) -> Interval:
     return Interval(level, float(low), float(high), bool(open_low), bool(open_high))
 
 
-#: finite-difference steps of the observed fit, in units of each parameter's width
+#: finite-difference steps of the set fits, in units of each parameter's width
 STEP_WIDTHS = 0.1
+
+
+def fit_steps(likelihood: SetLikelihood, events: np.ndarray, profile: SetProfile,
+              poi_range: tuple[float, float], nuisance_range: tuple[float, float]) -> tuple[float, float]:
+    """The finite-difference steps of a set's fit: :data:`STEP_WIDTHS` of the POI's width (half
+    the grid ``profile``'s 68.3% interval, at least 1e-6 of ``poi_range``) and of the nuisance's
+    (its conditional curvature at the grid's best POI, on 41 points over ``nuisance_range``)."""
+    from hsbi.inference.profile import _sigma_from_curvature
+
+    events = np.asarray(events, dtype=float).reshape(len(events), -1)
+    iv = set_interval(profile, 0.6827)
+    sigma_poi = max(0.5 * (iv.high - iv.low), 1e-6 * np.ptp(poi_range))
+    nus = np.linspace(*nuisance_range, 41)
+    nll = -likelihood.log_likelihood(events, np.stack([np.full(41, profile.poi_hat), nus], -1))
+    sigma_nu = _sigma_from_curvature(nus, nll) or float(np.ptp(nuisance_range))
+    return STEP_WIDTHS * sigma_poi, STEP_WIDTHS * sigma_nu
 
 
 def fit_set(likelihood: SetLikelihood, model: SetModel, events: np.ndarray, profile: SetProfile,
             levels: Sequence[float]) -> dict:
     """The observed fit of one set through the one fitting interface
     (:class:`SetFitLikelihood`: Newton, MIGRAD, HESSE, then MINOS of the POI per level), seeded
-    by the grid ``profile`` (the global search), within the prior's ranges. The steps are a
-    tenth of the POI's width (the grid's 68.3% interval) and of the nuisance's (its conditional
-    curvature at the grid's best POI, on 41 points). Returns ``best_fit``, ``hesse``, ``minos``
-    (``[low, high]`` by level key, or a message where MINOS failed) and ``valid``."""
+    by the grid ``profile`` (the global search), within the prior's ranges, with the steps of
+    :func:`fit_steps`. Returns ``best_fit``, ``hesse``, ``minos`` (``[low, high]`` by level
+    key, or a message where MINOS failed) and ``valid``."""
     from hsbi.inference.fitting import fit, minos_intervals
-    from hsbi.inference.profile import _sigma_from_curvature
 
     events = np.asarray(events, dtype=float).reshape(len(events), -1)
-    iv = set_interval(profile, 0.6827)
-    sigma_poi = max(0.5 * (iv.high - iv.low), 1e-6 * np.ptp(model.poi_range))
-    nus = np.linspace(*model.nuisance_range, 41)
-    nll = -likelihood.log_likelihood(events, np.stack([np.full(41, profile.poi_hat), nus], -1))
-    sigma_nu = _sigma_from_curvature(nus, nll) or float(np.ptp(model.nuisance_range))
+    steps = fit_steps(likelihood, events, profile, model.poi_range, model.nuisance_range)
     start = (profile.poi_hat, float(np.clip(profile.nuisance_hat_global, *model.nuisance_range)))
-    lik = SetFitLikelihood.of(likelihood, model, model.poi_range, model.nuisance_range, start,
-                              (STEP_WIDTHS * sigma_poi, STEP_WIDTHS * sigma_nu))
+    lik = SetFitLikelihood.of(likelihood, (model.poi_name, model.nuisance_name), model.poi_range,
+                              model.nuisance_range, start, steps)
     data = SetData((events,))
     best = fit(lik, data, start=np.array(start))
     out = {"best_fit": dict(zip(best.names, map(float, best.values))),
@@ -225,22 +252,54 @@ def set_toys(model: SetModel, theta: Sequence[float], n: int, seed: int) -> list
     return np.split(events, np.cumsum(lengths)[:-1])
 
 
+#: a fitted POI this close to a window's edge (relative to its width) is on it (as batched_fit)
+_EDGE = 1e-6
+#: toys fitted as one batch (and per progress report)
+TOY_BATCH = 100
+
+
 def toy_t_values(likelihood: SetLikelihood, toys: Sequence[np.ndarray], mu: float,
                  poi: np.ndarray, nuisance: np.ndarray,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
-    """``t(mu)`` per toy on the fit grid ``poi`` x ``nuisance``; a toy whose global maximum
-    lies on the grid's edge counts as failed (NaN; counted, never dropped silently)."""
+                 progress: Callable[[int, int], None] | None = None,
+                 model: SetModel | None = None) -> tuple[np.ndarray, int]:
+    """``t(mu)`` per toy through the one fitting interface: each toy's grid profile on the
+    window ``poi`` x ``nuisance`` (the global search) seeds a global and a conditional (POI
+    held at ``mu``) :func:`~hsbi.inference.batched_fit.fit_batch` of a :class:`SetFitLikelihood`
+    bounded by the window (steps of :func:`fit_steps` per toy), :data:`TOY_BATCH` toys per
+    batch; ``t = max(0, 2 (NLL_cond - NLL_glob))``. A toy is failed (NaN; counted, never
+    dropped) where its global maximum, on the grid or after the fit, lies on an inner edge of
+    the window (not a bound of ``model``'s prior; without ``model`` every edge: the window was
+    too small) or a fit did not converge. ``progress(done, total)`` after every 100 toys."""
+    poi, nuisance = np.asarray(poi, dtype=float), np.asarray(nuisance, dtype=float)
+    if not poi[0] <= mu <= poi[-1]:
+        raise DataError(f"mu = {mu:g} outside the toy window [{poi[0]:g}, {poi[-1]:g}]")
+    poi_range, nuisance_range = (poi[0], poi[-1]), (nuisance[0], nuisance[-1])
+    prior = model.poi_range if model is not None else (-np.inf, np.inf)
+    tol = _EDGE * (poi[-1] - poi[0])
+
+    def inner_edge(x: np.ndarray) -> np.ndarray:
+        return ((poi[0] > prior[0]) & (x <= poi[0] + tol)) | ((poi[-1] < prior[1]) & (x >= poi[-1] - tol))
+
+    names = (model.poi_name, model.nuisance_name) if model is not None else ("poi", "nuisance")
+    lik = SetFitLikelihood.of(likelihood, names, poi_range, nuisance_range, (mu, nuisance.mean()), (1.0, 1.0))
     t = np.full(len(toys), np.nan)
-    failed = 0
-    for i, toy in enumerate(toys):
-        prof = profile_set(likelihood, toy, poi, nuisance)
-        if prof.edge:
-            failed += 1
-        else:
-            t[i] = float(prof.t_at(mu))
-        if progress is not None and (i + 1) % 100 == 0:
-            progress(i + 1, len(toys))
-    return t, failed
+    for first in range(0, len(toys), TOY_BATCH):
+        index = np.arange(first, min(first + TOY_BATCH, len(toys)))
+        events = [np.asarray(toys[i], dtype=float).reshape(len(toys[i]), -1) for i in index]
+        profiles = [profile_set(likelihood, x, poi, nuisance) for x in events]
+        ok = np.array([not (p.edge and inner_edge(p.poi_hat)) for p in profiles], dtype=bool)
+        if ok.any():
+            sets = [(x, p) for x, p, good in zip(events, profiles, ok, strict=True) if good]
+            steps = np.array([fit_steps(likelihood, x, p, poi_range, nuisance_range) for x, p in sets])
+            data = SetData(tuple(x for x, _ in sets), steps)
+            glob = fit_batch(lik, data, np.array([[p.poi_hat, p.nuisance_hat_global] for _, p in sets]))
+            cond = fit_batch(lik, data, np.array([[mu, p.nuisance_at(mu)] for _, p in sets]),
+                             fixed=np.array([True, False]))
+            good = glob.converged & cond.converged & ~inner_edge(glob.theta[:, 0])
+            t[index[ok][good]] = np.maximum(0.0, 2.0 * (cond.nll - glob.nll))[good]
+        if progress is not None and (index[-1] + 1) % 100 == 0:
+            progress(int(index[-1] + 1), len(toys))
+    return t, int(np.isnan(t).sum())
 
 
 def _binomial(hits: np.ndarray) -> dict[str, float]:
@@ -333,7 +392,7 @@ def neyman_set_toys(likelihoods: Mapping[str, SetLikelihood], model: SetModel,
         nu = float(np.clip(profiles[name].nuisance_at(mu), *model.nuisance_range))
         toys = set_toys(model, (mu, nu), n, seed)
         poi, nuisance = toy_window(model, profiles[name], mu)
-        t, failed = toy_t_values(lik, toys, mu, poi, nuisance, progress)
+        t, failed = toy_t_values(lik, toys, mu, poi, nuisance, progress, model)
         out[name] = {"t": t, "failed": failed, "nuisance": nu}
     return out
 
