@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from hsbi.config import load_config
 from hsbi.inference import throw_toys
 from hsbi.store import Store
-from helpers import MICRO_CONFIG, TINY_CONFIG
+from helpers import MICRO_CONFIG, ROOT, TINY_CONFIG, law_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +48,14 @@ def test_end_to_end_reuse_and_invalidation(law_run, store_root):
     assert second.returncode == 0
     assert "TrainEstimator member" not in second.stdout and "NeymanToys mu" not in second.stdout
     assert _dirs(store_root, "InferProfileLikelihood") == [result_dir]
+
+    # ... and imports neither torch, Lightning nor Ray (seconds of start-up on every law command)
+    code = (f"import sys\nsys.argv = ['law', 'run', 'InferProfileLikelihood', '--config', {str(TINY_CONFIG)!r}]\n"
+            "from law.cli import run\ntry:\n    code = run()\nexcept SystemExit as stop:\n    code = stop.code\n"
+            "print('exit', code, 'heavy', sorted(m for m in ('torch', 'lightning', 'ray') if m in sys.modules))")
+    noop = subprocess.run([sys.executable, "-c", code], env=law_env(store_root), cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, check=False)
+    assert noop.stdout.strip().splitlines()[-1] in ("exit 0 heavy []", "exit None heavy []"), noop.stdout[-2000:]
 
     # --print-output shows where the result is
     shown = law_run("InferProfileLikelihood", *args, "--print-output", "0")
