@@ -33,6 +33,7 @@ import torch
 from scipy.stats import chi2
 
 from hsbi.inference.batched_fit import fit_batch
+from hsbi.inference.mixture import MixtureParameters
 from hsbi.inference.statmodel import Parameter, ParameterSpace
 from hsbi.inference.toys import wilks_intervals
 from hsbi.models.constraint import Constraint
@@ -370,12 +371,6 @@ class _Chunk:
 
 
 @dataclass(frozen=True)
-class _Parameters(ParameterSpace):
-    parameters: tuple[Parameter, ...]
-    poi: str = "mu"
-
-
-@dataclass(frozen=True)
 class SurrogateLikelihood:
     """The toys' NLL in ``theta = (mu, u_1..u_P)`` as a :class:`hsbi.inference.fitting.Likelihood`
     over a :class:`_Chunk` of them: ``mu`` within the POI's bounds, each ``u`` within the window
@@ -391,7 +386,7 @@ class SurrogateLikelihood:
     def of(cls, toys: BatchedToys) -> SurrogateLikelihood:
         params = (Parameter("mu", "normfactor", tuple(toys.mu_bounds), float(np.mean(toys.mu_bounds))),
                   *(Parameter(f"u{p}", "nuisance", (-1.0, 1.0), 0.0) for p in range(toys.n_nuisances)))
-        return cls(_Parameters(params))
+        return cls(MixtureParameters(params))
 
     def nll_grad_hess(self, data: _Chunk, theta: torch.Tensor, rows: np.ndarray | None = None,
                       hessian: bool = True, reference: bool = False
