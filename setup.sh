@@ -50,6 +50,10 @@ action() {
     # shellcheck disable=SC1091
     source "${venv}/bin/activate" || return 1
     mkdir -p "${LAW_HOME}"
+    # bytecode of the project's own modules: where PYTHONDONTWRITEBYTECODE is set, Python would
+    # otherwise compile every hsbi and workflows module on each `law` command (~0.3 s of a warm run);
+    # compileall only rewrites the files that changed
+    python -m compileall -q -j 0 "${HSBI_BASE}/hsbi" "${HSBI_BASE}/workflows" >/dev/null || return 1
     law index -q || return 1
 }
 action "$@"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
-from scipy.special import gammaincinv  # not scipy.stats: ~1.5 s to import, on every law command
 
 from hsbi.config.samples import SampleConfig
 from hsbi.config.sets import SetsConfig
@@ -358,7 +358,9 @@ def auto_grid(inf: InferenceConfig, model: MixtureModel, poi: tuple[float, float
     sigma = expected_sigma_mu(inf, model)
     _require(np.isfinite(sigma) and sigma > 0, "inference.neyman.mu_min/mu_max", None,
              "explicit values: the expected Fisher width of mu is not finite at the truth")
-    chi2_ppf = 2.0 * gammaincinv(0.5, max(inf.levels))  # chi2.ppf(level, 1), as scipy.stats computes it
+    # chi2.ppf(level, 1) as the squared normal quantile (equal to scipy's to ~1e-15): importing
+    # scipy.special here cost every law command on a default config ~0.4 s
+    chi2_ppf = NormalDist().inv_cdf(0.5 + max(inf.levels) / 2) ** 2
     half = (np.sqrt(chi2_ppf) + AUTO_GRID_MARGIN) * sigma
     mu = inf.truth.mu
     return max(poi[0], float(f"{mu - half:.4g}")), min(poi[1], float(f"{mu + half:.4g}"))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 
 from hsbi.exceptions import DataError
 from hsbi.models.on_off import OnOffMixture
@@ -151,6 +150,8 @@ class BumpHunt(SetModel):
         sig = _log_normal(x[None, :], m[:, None], s)  # (M, n)
         bkg = _log_normal(x, 0.0, 1.0)
         log_w = _log_normal(m, self.m_mean, self.m_sigma) + math.log(h)
+        from scipy.special import logsumexp  # here, as scipy.stats below
+
         f_grid = np.asarray(f_grid, dtype=float)
         out = np.empty(len(f_grid))
         with np.errstate(divide="ignore"):

@@ -49,10 +49,12 @@ def test_end_to_end_reuse_and_invalidation(law_run, store_root):
     assert "TrainEstimator member" not in second.stdout and "NeymanToys mu" not in second.stdout
     assert _dirs(store_root, "InferProfileLikelihood") == [result_dir]
 
-    # ... and imports neither torch, Lightning nor Ray (seconds of start-up on every law command)
+    # ... and imports neither torch, Lightning, Ray, numba nor scipy's special functions or
+    # statistics (seconds of start-up on every law command)
+    heavy = ("torch", "lightning", "ray", "numba", "scipy.special", "scipy.stats")
     code = (f"import sys\nsys.argv = ['law', 'run', 'InferProfileLikelihood', '--config', {str(TINY_CONFIG)!r}]\n"
             "from law.cli import run\ntry:\n    code = run()\nexcept SystemExit as stop:\n    code = stop.code\n"
-            "print('exit', code, 'heavy', sorted(m for m in ('torch', 'lightning', 'ray') if m in sys.modules))")
+            f"print('exit', code, 'heavy', sorted(m for m in {heavy!r} if m in sys.modules))")
     noop = subprocess.run([sys.executable, "-c", code], env=law_env(store_root), cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, check=False)
     assert noop.stdout.strip().splitlines()[-1] in ("exit 0 heavy []", "exit None heavy []"), noop.stdout[-2000:]
