@@ -128,7 +128,7 @@ def rates(tmp: Path, rows: int, workers: int, chunk: int) -> None:
     print(f"shards -> tensors: {n / t_tensor / 1e6:6.2f} M rows/s  (x, w, y torch tensors of the "
           f"train split, {n:,} rows, {len(shards)} shards)")
     print(f"pyarrow read_table:{n / t_arrow / 1e6:6.2f} M rows/s  (the same shards)")
-    print(f"  ratio {t_arrow / t_tensor:.2f}   (goal >= 0.7)")
+    print(f"  ratio {t_arrow / t_tensor:.2f}   (goal >= 0.8)")
 
 
 def memory(tmp: Path, rows: int, workers: int, limit_text: str, chunk: int) -> None:
