@@ -198,3 +198,21 @@ def test_interval_edges_with_the_nuisance_on_the_window_edge_are_not_ok():
     low, high, ok = intervals(narrow, fit(narrow, 6.0), q=3.84)
     assert w_ok.all() and 0 < ok.sum() < len(toys)
     assert np.max(np.abs(np.r_[low - w_low, high - w_high][np.r_[ok, ok]])) < 1e-3
+
+
+def test_toy_chunks_on_threads_give_the_same_fits(monkeypatch):
+    """Chunks of pooled toys fitted on two threads (``HSBI_TOY_THREADS``) give bit for bit the
+    fits of one thread, in the toys' order: a chunk's fit does not depend on its neighbours."""
+    from hsbi.inference.batched import pool_toys
+    from hsbi.inference.batched_nd import intervals, profile_fits
+
+    model = GaussianRotation()
+    lik = make_likelihood(model, 1000, 0.1)
+    toys = pool_toys(model, lik, model, 0.2, np.pi / 4, 1000, 100, seed=3, half_width=0.08)
+    runs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("HSBI_TOY_THREADS", threads)
+        cond, glob = profile_fits(toys, 0.2)
+        runs.append((cond.nll, glob.nll, glob.mu, *intervals(toys, glob)))
+    for one, two in zip(*runs):
+        np.testing.assert_array_equal(one, two)
