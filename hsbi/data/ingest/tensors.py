@@ -120,11 +120,7 @@ class ShardSet:
         return sum(m["splits"][self.split]["rows"] for _, m in self.manifests)
 
     def shards(self) -> list[tuple[Path, float]]:
-        return [(path, factor) for path, factor, _ in self._shard_rows()]
-
-    def _shard_rows(self) -> list[tuple[Path, float, int]]:
-        """Each shard of the split with its sample's factor and its rows (from the manifest)."""
-        return [(d / s["file"], f, int(s["rows"])) for (d, m), f in zip(self.manifests, self.factors)
+        return [(d / s["file"], f) for (d, m), f in zip(self.manifests, self.factors)
                 for s in m["splits"][self.split]["shards"]]
 
     def standardisation(self) -> tuple[np.ndarray, np.ndarray]:
@@ -138,122 +134,56 @@ class ShardSet:
             stds.append(total.std if total.std > 0 else 1.0)
         return np.array(means, dtype=np.float32), np.array(stds, dtype=np.float32)
 
-    def _read(self, shards: Sequence[tuple[Path, float, int]]) -> tuple[np.ndarray, ...]:
-        """The shards, in order, into a row-major float32 ``x``, float32 normalised ``w`` and
-        int64 ``y`` allocated once for all of them. Each shard is decoded and written straight
-        into its rows by one of up to ``pyarrow.cpu_count()`` threads (both release the GIL), so
-        copies overlap decoding and a shard's columns are still in cache when they are copied;
-        with fewer shards than CPUs, pyarrow also decodes each shard's columns in parallel."""
+    def _read(self, paths: Sequence[Path], factor: float) -> tuple[np.ndarray, ...]:
+        """Shards of one sample read together (pyarrow decodes them on its threads) into a
+        row-major float32 ``x``, float32 normalised ``w`` and int64 ``y``."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        offsets = np.cumsum([0, *(rows for _, _, rows in shards)])
-        n, d = int(offsets[-1]), len(self.features)
-        x, w, y = _empty((n, d), np.float32), _empty((n,), np.float32), _empty((n,), np.int64)
-        columns = list(dict.fromkeys([*self.features, "weight", "label"]))
-
-        cpus = pa.cpu_count()
-        workers = min(cpus, len(shards))
-
-        def one(i: int) -> None:
-            path, factor, rows = shards[i]
-            at = int(offsets[i])
-            table = _read_shard(path, columns, use_threads=workers < cpus)
-            _fill(path, table, self.features, factor, rows,
-                  x[at : at + rows], w[at : at + rows], y[at : at + rows])
-
-        if workers <= 1:
-            for i in range(len(shards)):
-                one(i)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers, thread_name_prefix="hsbi-shards") as pool:
-                for _ in pool.map(one, range(len(shards))):
-                    pass
-        return x, w, y
+        table = pq.read_table(list(map(str, paths)), columns=[*self.features, "weight", "label"])
+        features = table.select(self.features).cast(
+            pa.schema([(name, pa.float32()) for name in self.features]))
+        x = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
+        at = 0
+        for batch in features.to_batches():  # arrow's row-major conversion, one block per batch
+            block = np.asarray(batch.to_tensor(row_major=True))
+            x[at : at + len(block)] = block
+            at += len(block)
+        w = np.empty(table.num_rows, dtype=np.float32)
+        at = 0
+        for chunk in table.column("weight").chunks:  # one pass: scale and narrow
+            np.multiply(chunk.to_numpy(), factor, out=w[at : at + len(chunk)], casting="unsafe")
+            at += len(chunk)
+        labels = [c.to_numpy() for c in table.column("label").chunks]
+        y = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+        return x, w, y.astype(np.int64, copy=False)
 
     def tensors(self) -> tuple[Any, Any, Any]:
         """The whole split as three contiguous tensors (it must fit in memory)."""
         import torch
 
-        shards = self._shard_rows()
-        if not shards:
+        parts = []
+        for (d, m), factor in zip(self.manifests, self.factors):
+            paths = [d / s["file"] for s in m["splits"][self.split]["shards"]]
+            if paths:
+                parts.append(self._read(paths, factor))
+        if not parts:
             d = len(self.features)
             return (torch.empty((0, d)), torch.empty(0), torch.empty(0, dtype=torch.int64))
-        return tuple(torch.from_numpy(a) for a in self._read(shards))
+        if len(parts) == 1:
+            return tuple(torch.from_numpy(a) for a in parts[0])
+        return tuple(torch.from_numpy(np.concatenate(arrays)) for arrays in zip(*parts))
 
     def stream(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
         """Batches read one shard at a time (memory bounded by the largest shard); with
         ``shuffle`` the shard order and the rows within each shard are permuted."""
         import torch
 
-        shards = self._shard_rows()
+        shards = self.shards()
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(shards)) if shuffle else range(len(shards))
         for i in order:
-            xs, ws, ys = (torch.from_numpy(a) for a in self._read([shards[i]]))
+            path, factor = shards[i]
+            xs, ws, ys = (torch.from_numpy(a) for a in self._read([path], factor))
             yield from TensorBatches(xs, ws, ys, batch_size, shuffle=shuffle,
                                      seed=int(rng.integers(1 << 31)))
-
-
-#: rows of ``x`` written column by column at a time: 8192 x 7 float32 (224 KiB) stay in a core's
-#: L2 cache across the strided writes of the columns
-_BLOCK = 8192
-
-
-def _empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An uninitialised array from pyarrow's memory pool, whose pages earlier reads have already
-    faulted in are reused (a fresh ``np.empty`` of this size is a new mapping that the kernel
-    faults in and zeroes page by page on the first writes). The array keeps its buffer alive."""
-    import pyarrow as pa
-
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.frombuffer(pa.allocate_buffer(nbytes), dtype=dtype).reshape(shape)
-
-
-def _read_shard(path: Path, columns: list[str], use_threads: bool) -> Any:
-    """One shard's columns (``ParquetFile.read``: less overhead per file than ``read_table``'s
-    datasets)."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).read(columns=columns, use_threads=use_threads)
-
-
-def _fill(path: Path, table: Any, features: Sequence[str], factor: float, rows: int,
-          x: np.ndarray, w: np.ndarray, y: np.ndarray) -> None:
-    """One shard's table into its rows of ``x``, ``w`` and ``y``: features cast to float32 by
-    arrow where they are not float32 already (as ``Table.cast`` does; none is in ingested
-    shards) and written straight into their strided columns of ``x``, ``_BLOCK`` rows at a time
-    (the block stays in cache across its columns), weights times ``factor`` computed in the
-    weights' type and narrowed in one pass, labels widened to int64."""
-    import pyarrow as pa
-
-    if table.num_rows != rows:
-        raise DataError(f"shard {path}: {table.num_rows} rows; its manifest says {rows}")
-    columns = []
-    for name in features:
-        column = table.column(name)
-        columns.append(column if column.type == pa.float32() else column.cast(pa.float32()))
-    if len({tuple(len(chunk) for chunk in c.chunks) for c in columns}) > 1:
-        # chunked differently (not so in a shard's row groups): one chunk each
-        columns = [pa.chunked_array([c.combine_chunks()], pa.float32()) for c in columns]
-    at = 0
-    for chunks in zip(*(c.chunks for c in columns)):  # a row group, in blocks of rows
-        arrays = [chunk.to_numpy() for chunk in chunks]
-        n = len(chunks[0])
-        for start in range(0, n, _BLOCK):
-            block = x[at + start : at + min(n, start + _BLOCK)]
-            for j, values in enumerate(arrays):
-                block[:, j] = values[start : start + _BLOCK]
-        at += n
-    at = 0
-    for chunk in table.column("weight").chunks:  # one pass: scale and narrow
-        np.multiply(chunk.to_numpy(), factor, out=w[at : at + len(chunk)], casting="unsafe")
-        at += len(chunk)
-    at = 0
-    for chunk in table.column("label").chunks:
-        y[at : at + len(chunk)] = chunk.to_numpy()
-        at += len(chunk)

@@ -18,8 +18,6 @@ from hsbi.config.loader import _build
 from hsbi.config.samples import SampleConfig
 from hsbi.data.ingest import MANIFEST, ShardSet, fingerprint, ingest_group, resolve_files
 from hsbi.data.ingest.split import SPLITS
-from hsbi.data.ingest.tensors import _fill
-from hsbi.exceptions import DataError
 
 DATA = Path(__file__).resolve().parent
 FEATURES = ["a", "b", "c", "d"]
@@ -174,32 +172,6 @@ def test_cast_errors_as_arrow_casts(tmp_path: Path):
         ShardSet([d], "train", ["c"]).tensors()
     _assert_identical(ShardSet([d], "train", ["a"]).tensors(),
                       _reference([d], "train", ["a"], [1.0]))
-
-
-def test_rows_disagreeing_with_manifest(tmp_path: Path):
-    rng = np.random.default_rng(3)
-    d = _group(tmp_path, "g", "g", {"train": [_table(rng, 10), _table(rng, 10)]},
-               {"cross_section": 1.0, "luminosity": 1.0, "sum_weights": None})
-    pq.write_table(_table(rng, 11), d / "train/part-0001-000001000000.parquet")
-    with pytest.raises(DataError, match="11 rows; its manifest says 10"):
-        ShardSet([d], "train", FEATURES).tensors()
-
-
-def test_fill_with_columns_chunked_differently():
-    rng = np.random.default_rng(4)
-    t = _table(rng, 50)
-    a = t.column("a").combine_chunks()
-    mixed = t.set_column(0, "a", pa.chunked_array([a.slice(0, 7), a.slice(7)]))
-    mixed = mixed.set_column(1, "b", pa.chunked_array([t.column("b").combine_chunks().slice(0, 30),
-                                                       t.column("b").combine_chunks().slice(30)]))
-    x, w, y = np.empty((50, 4), np.float32), np.empty(50, np.float32), np.empty(50, np.int64)
-    _fill(Path("mem"), mixed, FEATURES, 0.25, 50, x, w, y)
-    df = t.to_pandas()
-    with np.errstate(over="ignore"):
-        ref = np.stack([df[f].to_numpy().astype(np.float32) for f in FEATURES], axis=1)
-    assert np.array_equal(x.view(np.uint32), ref.view(np.uint32))
-    assert np.array_equal(w, (df["weight"].to_numpy() * 0.25).astype(np.float32))
-    assert np.array_equal(y, df["label"].to_numpy())
 
 
 def test_real_ingested_group(tmp_path: Path):
