@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from scipy.stats import chi2
 
+from hsbi.exceptions import ConfigError
 from hsbi.inference.batched_fit import fit_batch
 from hsbi.inference.mixture import MixtureParameters
 from hsbi.inference.statmodel import Parameter, ParameterSpace
@@ -428,11 +429,14 @@ class FitResult:
 
 def toy_threads() -> int:
     """Threads that fit chunks of toys side by side: ``HSBI_TOY_THREADS``, else the cores this
-    process may run on (at most 4). The chunks are independent and each one's work is many small
-    torch ops (one intra-op thread each, no spinning pool): two cores fit ~1.8x as many toys."""
+    process may run on (at most 4). The chunks are independent; each one's work is many small
+    torch ops (one intra-op thread each, no spinning pool) whose dispatch holds the GIL, so two
+    cores fit ~1.3x as many toys per second (measured), for twice the CPU."""
     env = os.environ.get("HSBI_TOY_THREADS", "").strip()
     if env:
-        return max(1, int(env))
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"HSBI_TOY_THREADS: expected a positive integer, got {env!r}")
+        return int(env)
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 

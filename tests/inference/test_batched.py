@@ -216,3 +216,14 @@ def test_toy_chunks_on_threads_give_the_same_fits(monkeypatch):
         runs.append((cond.nll, glob.nll, glob.mu, *intervals(toys, glob)))
     for one, two in zip(*runs):
         np.testing.assert_array_equal(one, two)
+
+
+def test_a_bad_toy_thread_count_is_a_config_error(monkeypatch):
+    from hsbi.exceptions import ConfigError
+    from hsbi.inference.batched_nd import toy_threads
+
+    monkeypatch.setenv("HSBI_TOY_THREADS", "two")
+    with pytest.raises(ConfigError, match="HSBI_TOY_THREADS: expected a positive integer, got 'two'"):
+        toy_threads()
+    monkeypatch.setenv("HSBI_TOY_THREADS", "3")
+    assert toy_threads() == 3
