@@ -1,4 +1,4 @@
-"""The ``hsbi`` command line: ``hsbi store ls|show|verify|gc|reproduce``."""
+"""The ``hsbi`` command line: ``hsbi store ls|show|verify|gc|reproduce`` and ``hsbi fit WORKSPACE``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,39 @@ def cmd_reproduce(store: Store, args: argparse.Namespace) -> int:
     return 0 if result.match else 1
 
 
+def _format_fit(result: dict) -> list[str]:
+    """The fit of a workspace as text: parameters with errors, intervals of the POI, impacts."""
+    poi = result["poi"]
+    lines = [f"{'parameter':<20} {'best fit':>12} {'error':>10}"]
+    lines += [f"{name:<20} {result['best_fit'][name]:>12.6g} {result['errors'][name]:>10.4g}"
+              for name in result["parameters"]]
+    for level, (lo, hi) in result["intervals"]["minos"].items():
+        valid = "" if result["intervals"]["minos_valid"][level] else "  (MINOS: not valid)"
+        lines.append(f"{poi} {level}% CL (MINOS): [{lo:.6g}, {hi:.6g}]{valid}")
+    if result["impacts"]:
+        lines.append(f"{'impact on ' + poi:<20} {'pull':>8} {'constraint':>10} {'post-fit +/-':>24}")
+        lines += [f"{i['name']:<20} {i['pull']:>8.3f} {i['constraint']:>10.3f} "
+                  f"{i['postfit'][0]:>+12.4g}{i['postfit'][1]:>+12.4g}" for i in result["impacts"]]
+    lines.append(f"fit valid: {result['valid']}; NLL at the minimum {result['nll_min']:.10g}")
+    return lines
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a portable workspace (no torch, Lightning or Ray imported)."""
+    import json
+    from pathlib import Path
+
+    from hsbi.inference.workspace import fit_workspace
+
+    result = fit_workspace(args.workspace, log=(lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1) if args.json else "\n".join(_format_fit(result)))
+    return 0 if result["valid"] else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsbi", description=__doc__)
     parser.add_argument("--store", default=None, help="store path or URL; default: $HSBI_STORE")
@@ -128,12 +161,20 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("address")
     rep.add_argument("--scratch", default=None, help="scratch directory; default: a temp dir")
     rep.set_defaults(fn=cmd_reproduce)
+    fit = sub.add_parser("fit", help="fit a portable workspace (ExportWorkspace) without the training stack")
+    fit.add_argument("workspace", help="the workspace directory or its workspace.json")
+    fit.add_argument("--out", default=None, help="also write result.json into this directory")
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    fit.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    fit.set_defaults(fn=cmd_fit, needs_store=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if not getattr(args, "needs_store", True):
+            return args.fn(args)
         return args.fn(Store(args.store), args)
     except HSBIError as err:
         print(f"hsbi: error: {err}", file=sys.stderr)

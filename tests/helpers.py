@@ -42,6 +42,22 @@ def run_law(store: Path | str, task: str, *args: str, timeout: float = 600) -> s
     )
 
 
+#: what the fit-only path of a workspace must not import (the training stack)
+TRAINING_STACK = ("torch", "lightning", "ray")
+
+
+def fit_only(workspace: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hsbi fit WORKSPACE ARGS`` in a fresh interpreter that reports the training-stack modules
+    it imported (``HEAVY [...]`` on stderr) and exits 99 if there are any."""
+    import sys
+
+    code = ("import sys; from hsbi.cli import main; rc = main(sys.argv[1:]); "
+            f"heavy = [m for m in {TRAINING_STACK!r} if m in sys.modules]; "
+            "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc if not heavy else 99)")
+    return subprocess.run([sys.executable, "-c", code, "fit", str(workspace), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
 def run_micro(store: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_law(store, "InferProfileLikelihood", "--config", str(MICRO_CONFIG), *args)
 

@@ -1,8 +1,8 @@
 """The declared statistical model (``statmodel`` section): CheckDeclaredSamples and
-CheckDeclaredData (the ingested samples against the model, before any training), TrainRatio (one branch per network and member),
-FitDeclaredModel (the observed fit), DeclaredNeymanToys and DeclaredBelt (the Neyman belt) and
-DeclaredCoverage; InferProfileLikelihood, ConfidenceBelt and CoverageStudy run them for such
-configs."""
+CheckDeclaredData (the ingested samples against the model, before any training), TrainRatio
+(one branch per network and member), FitDeclaredModel (the observed fit), DeclaredNeymanToys and
+DeclaredBelt (the Neyman belt), DeclaredCoverage and ExportWorkspace (the portable model file);
+InferProfileLikelihood, ConfidenceBelt and CoverageStudy run them for such configs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import json
 from workflows.framework import HSBITask, HSBIWorkflow, UserError
 from workflows.ingest import IngestSamples
 
-__all__ = ["CheckDeclaredData", "CheckDeclaredSamples", "DeclaredBelt", "DeclaredCoverage", "DeclaredNeymanToys", "FitDeclaredModel",
-           "TrainRatio", "check_declared", "ingested_dirs"]
+__all__ = ["CheckDeclaredData", "CheckDeclaredSamples", "DeclaredBelt", "DeclaredCoverage", "DeclaredNeymanToys",
+           "ExportWorkspace", "FitDeclaredModel", "TrainRatio", "check_declared", "ingested_dirs"]
 
 
 def _ingest_branches(task: HSBITask, samples: set[str] | None = None) -> dict[str, HSBITask]:
@@ -165,6 +165,34 @@ class FitDeclaredModel(HSBITask):
             result = self.run_hsbi(run_fit, self.analysis, dirs, members, out, log=self.publish_message)
         self.publish_message(f"result: {self.output().path}/result.json "
                              f"({result['poi']} = {result['best_fit'][result['poi']]:.4g})")
+
+
+class ExportWorkspace(HSBITask):
+    """The declared model as a portable workspace (hsbi.inference.workspace): workspace.json
+    (HS3 layout, HistFactory/pyhf modifier names), the per-event arrays of the normalisation
+    samples and the observed data, and every network as ONNX; `hsbi fit` refits it without torch.
+    Writes workspace/ and export.json (files, sizes)."""
+
+    config_sections = FitDeclaredModel.config_sections
+    ignored_keys = FitDeclaredModel.ignored_keys
+
+    def requires(self) -> dict:
+        if not check_declared(self):
+            raise UserError(f"ExportWorkspace: config {self.config} declares no statistical model: a workspace holds "
+                            "the 'statmodel' section's model (channels, processes, modifiers) with its networks")
+        return FitDeclaredModel.requires(self)
+
+    def run(self) -> None:
+        from hsbi.inference.declared import export_workspace
+
+        reqs = self.requires()
+        members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
+        with self.write() as out:
+            summary = self.run_hsbi(export_workspace, self.analysis, ingested_dirs(reqs), members, out / "workspace",
+                                    log=self.publish_message)
+            (out / "export.json").write_text(json.dumps(summary, indent=1) + "\n")
+        self.publish_message(f"workspace: {self.output().path}/workspace ({summary['files']} files, "
+                             f"{summary['bytes'] / 1e6:.1f} MB); fit it with: hsbi fit {self.output().path}/workspace")
 
 
 def _fit_inputs(task: HSBITask) -> tuple[dict, list, dict]:

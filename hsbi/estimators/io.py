@@ -15,7 +15,7 @@ from torch import nn
 
 from hsbi.exceptions import ConfigError
 
-__all__ = ["Standardised", "export_onnx", "load_nets", "save_nets"]
+__all__ = ["Standardised", "export_onnx", "load_nets", "onnx_bytes", "save_nets"]
 
 
 class Standardised(nn.Module):
@@ -93,6 +93,16 @@ def export_onnx(nets: Mapping[str, nn.Module], path: Path) -> list[Path]:
         torch.onnx.export(
             _Output(net).eval(), (example,), str(files[-1]), dynamo=True, input_names=["inputs"],
             output_names=["output"], dynamic_shapes=({0: torch.export.Dim("rows")},),
-            verbose=False,
+            verbose=False, external_data=False,  # the weights inside the file: one self-contained model
         )
     return files
+
+
+def onnx_bytes(net: nn.Module) -> bytes:
+    """One network as an ONNX model (:func:`export_onnx`'s graph: standardisation inside,
+    ``inputs`` (N, D + P) float32 -> ``output`` (N,)), as bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hsbi-onnx-") as tmp:
+        (path,) = export_onnx({"net": net}, Path(tmp))
+        return path.read_bytes()

@@ -1,5 +1,6 @@
 """Batched fits of many datasets (toys) of any :class:`~hsbi.inference.fitting.Likelihood`:
-projected Newton in torch with ``P x P`` Hessians per dataset.
+projected Newton in numpy with ``P x P`` Hessians per dataset (no torch: a workspace fits
+without it; a likelihood evaluated in torch hands its tensors over without a copy).
 
 Each iteration evaluates the NLL of the datasets still being fitted, its analytic gradient and
 Hessian (for the declared model the exact one of :mod:`hsbi.inference.derivatives`, the shape
@@ -21,9 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-
-from hsbi.inference.statmodel import DTYPE
 
 if TYPE_CHECKING:  # fitting uses this module: no import at run time
     from hsbi.inference.fitting import Likelihood
@@ -44,21 +42,34 @@ _EDGE = 1e-6
 _PREDICT = 1e-5
 
 
-def _newton_step(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _newton_step(H: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``-H^-1 g`` per row: a Cholesky solve where ``H`` is positive definite and reasonably
-    conditioned (the common case, ~5x cheaper than ``eigh``), else through the eigenvalues with
-    their absolute values, floored at 1e-8 of the largest (a descent direction where ``H`` is
-    indefinite or near singular)."""
-    L, info = torch.linalg.cholesky_ex(H)
-    d = torch.diagonal(L, dim1=-2, dim2=-1)
-    pd = (info == 0) & (d.amin(-1) ** 2 > 1e-8 * d.amax(-1) ** 2)
-    new = torch.empty_like(g)
-    if bool(pd.any()):
-        new[pd] = -torch.cholesky_solve(g[pd].unsqueeze(-1), L[pd]).squeeze(-1)
-    if not bool(pd.all()):
-        evals, evecs = torch.linalg.eigh(H[~pd])
-        evals = evals.abs().clamp_min(1e-8 * evals.abs().amax(-1, keepdim=True).clamp_min(1e-300))
-        new[~pd] = -torch.einsum("bpk,bk,bqk,bq->bp", evecs, 1.0 / evals, evecs, g[~pd])
+    conditioned (the common case), else through the eigenvalues with their absolute values,
+    floored at 1e-8 of the largest (a descent direction where ``H`` is indefinite or near
+    singular)."""
+    B = g.shape[0]
+    L = np.zeros_like(H)
+    ok = np.ones(B, dtype=bool)
+    try:
+        L = np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:  # some row is not positive definite: row by row
+        for b in range(B):
+            try:
+                L[b] = np.linalg.cholesky(H[b])
+            except np.linalg.LinAlgError:
+                ok[b] = False
+    d = np.abs(np.diagonal(L, axis1=-2, axis2=-1))
+    pd = ok & (d.min(-1) ** 2 > 1e-8 * d.max(-1) ** 2)
+    new = np.empty_like(g)
+    if pd.any():
+        Lp = L[pd]
+        y = np.linalg.solve(Lp, g[pd][..., None])
+        new[pd] = -np.linalg.solve(np.swapaxes(Lp, -1, -2), y)[..., 0]
+    if not pd.all():
+        evals, evecs = np.linalg.eigh(H[~pd])
+        evals = np.abs(evals)
+        evals = np.maximum(evals, 1e-8 * np.maximum(evals.max(-1, keepdims=True), 1e-300))
+        new[~pd] = -np.einsum("bpk,bk,bqk,bq->bp", evecs, 1.0 / evals, evecs, g[~pd])
     return new
 
 
@@ -78,30 +89,32 @@ def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray |
     its fused kernels (the benchmarks' baseline)."""
     model = lik.model
     tol, noise = getattr(lik, "newton_tolerances", (_TOL, 1e-10))
-    theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=DTYPE).clone()
+    theta = np.array(start, dtype=np.float64)
     B, P = theta.shape
     hold = np.array([p.fixed for p in model.parameters]) | (np.zeros(P, bool) if fixed is None else fixed)
-    free = torch.as_tensor(np.broadcast_to(~hold, (B, P)).copy())
-    lo, hi = (torch.as_tensor(model.bounds[:, k], dtype=DTYPE) for k in (0, 1))
+    free = np.broadcast_to(~hold, (B, P)).copy()
+    lo, hi = (np.asarray(model.bounds[:, k], dtype=np.float64) for k in (0, 1))
     edge = _EDGE * (hi - lo)
-    done = torch.zeros(B, dtype=torch.bool)
-    f = torch.full((B,), torch.inf, dtype=DTYPE)  # the NLL at the last accepted point
-    last = theta.clone()  # the last accepted point
-    step = torch.zeros(B, P, dtype=DTYPE)  # the step that led from it to theta
-    decrement = torch.full((B,), torch.inf, dtype=DTYPE)  # the last Newton decrement
+    eye = np.eye(P)
+    done = np.zeros(B, dtype=bool)
+    f = np.full(B, np.inf)  # the NLL at the last accepted point
+    last = theta.copy()  # the last accepted point
+    step = np.zeros((B, P))  # the step that led from it to theta
+    decrement = np.full(B, np.inf)  # the last Newton decrement
     it = 0
     for it in range(1, max_iter + 1):
         # every row evaluates once per iteration: the value at a trial point decides whether it
         # is accepted (its gradient and Hessian then give the next step) or the step is halved
-        rows = torch.nonzero(~done).squeeze(1)
+        rows = np.flatnonzero(~done)
         th = theta[rows]
-        f_new, g, H = lik.nll_grad_hess(data, th, rows=rows.numpy(), reference=reference)
+        f_new, g, H = (np.asarray(a, dtype=np.float64) for a in lik.nll_grad_hess(data, th, rows=rows,
+                                                                                  reference=reference))
         worse = ~(f_new <= f[rows] + noise)
-        if bool(worse.any()):
+        if worse.any():
             bad = rows[worse]
             step[bad] = step[bad] / 2
-            theta[bad] = torch.clamp(last[bad] + step[bad], lo, hi)
-            stuck = bad[step[bad].abs().amax(-1) < 1e-9]
+            theta[bad] = np.clip(last[bad] + step[bad], lo, hi)
+            stuck = bad[np.abs(step[bad]).max(-1) < 1e-9]
             done[stuck] = True  # no decrease along the step: the last point stands (converged
             # only if its decrement was within _LOOSE: the NLL is then within that of its minimum)
         ok = ~worse
@@ -110,20 +123,20 @@ def fit_batch(lik: Likelihood, data: Any, start: np.ndarray, fixed: np.ndarray |
         # held: parameters within _EDGE of a bound with the gradient pushing outwards (MIGRAD's
         # bounded minima sit ~1e-12 inside, where a free Newton step would leave the region)
         active = free[rows] & ~(((th <= lo + edge) & (g > 0)) | ((th >= hi - edge) & (g < 0)))
-        Ha = torch.where(active[:, :, None] & active[:, None, :], H, torch.eye(P, dtype=DTYPE))
-        ga = torch.where(active, g, 0.0)
+        Ha = np.where(active[:, :, None] & active[:, None, :], H, eye)
+        ga = np.where(active, g, 0.0)
         new = _newton_step(Ha, ga)
         decrement[rows] = -(new * ga).sum(-1) / 2
         target = last[rows] + new
-        predict = (decrement[rows] < max(_PREDICT, tol)) & (torch.clamp(target, lo, hi) == target).all(-1)
-        if bool(predict.any()):  # the last step, unless a bound cuts it
+        predict = (decrement[rows] < max(_PREDICT, tol)) & (np.clip(target, lo, hi) == target).all(-1)
+        if predict.any():  # the last step, unless a bound cuts it
             taken = rows[predict]
             last[taken], f[taken] = target[predict], f[taken] - decrement[taken]
         finished = (decrement[rows] < tol) | predict
         done[rows] = finished
         going = rows[~finished]
         step[going] = new[~finished]
-        theta[going] = torch.clamp(last[going] + step[going], lo, hi)
-        if bool(done.all()):
+        theta[going] = np.clip(last[going] + step[going], lo, hi)
+        if done.all():
             break
-    return BatchFit(last.numpy(), f.numpy(), (done & (decrement < max(_LOOSE, tol))).numpy(), it)
+    return BatchFit(last, f, done & (decrement < max(_LOOSE, tol)), it)

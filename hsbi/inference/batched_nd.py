@@ -402,7 +402,7 @@ class SurrogateLikelihood:
                       hessian: bool = True, reference: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         chunk = data if rows is None or np.array_equal(rows, np.arange(data.batch)) else data.take(rows)
-        f, g, h = chunk.derivatives(theta)
+        f, g, h = chunk.derivatives(torch.as_tensor(np.asarray(theta, dtype=np.float64)))
         return f, g, h if hessian else None
 
 

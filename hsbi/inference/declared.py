@@ -4,6 +4,7 @@ observed (or Asimov / toy) dataset, and the observed fit with intervals, scan, p
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
 from hsbi.exceptions import DataError
-from hsbi.inference.fitting import DeclaredLikelihood, fit, impacts, minos_intervals, profile_scan
+from hsbi.inference.fitting import DeclaredLikelihood, fit_summary
 from hsbi.inference.statmodel import (
     DTYPE,
     ChannelEvents,
@@ -30,8 +31,8 @@ from hsbi.inference.statmodel import (
 from hsbi.inference.toys import PoolChannel, ToyPool
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_data", "check_samples", "load_nets", "neyman_grid",
-           "neyman_point", "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
+__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_data", "check_samples", "export_workspace", "load_nets",
+           "neyman_grid", "neyman_point", "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
 
 #: (channel, process, np, side) -> ensemble members
 Nets = Mapping[tuple[str, str, str, str], Sequence[RatioNet]]
@@ -197,39 +198,10 @@ def observed_dataset(cfg: AnalysisConfig, lik: DeclaredLikelihood, evaluators: S
 
 def analyse(cfg: AnalysisConfig, lik: DeclaredLikelihood, data: Dataset, log: Callable[[str], None] = print) -> dict:
     """Observed fit (MIGRAD, HESSE), MINOS on the POI, profile scan, pulls and impacts,
-    correlations: a JSON-ready summary."""
-    model, levels = lik.model, cfg.inference.levels
+    correlations: a JSON-ready summary (:func:`hsbi.inference.fitting.fit_summary`, the one a
+    portable workspace's fit gives too)."""
     torch.set_num_threads(1)  # small tensors: threads cost more than they give
-    log(f"fit: {len(model.names)} parameters")
-    best = fit(lik, data)
-    log(f"fit: {model.poi} = {best[model.poi]:.4g} +- {best.error(model.poi):.3g} (valid: {best.valid}); MINOS")
-    minos = minos_intervals(lik, data, levels, best)
-    lo = min(v[0] for v in minos.values())
-    hi = max(v[1] for v in minos.values())
-    pad = 0.15 * (hi - lo)
-    bounds = model.parameters[model.poi_index].bounds
-    grid = np.linspace(max(bounds[0], lo - pad), min(bounds[1], hi + pad), min(41, cfg.inference.scan_points))
-    log(f"scan: {len(grid)} points")
-    scan = profile_scan(lik, data, grid, best)
-    log(f"impacts: {sum(p.constrained for p in model.parameters)} NPs")
-    ranked = impacts(lik, data, best)
-    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")
-    return {
-        "poi": model.poi,
-        "parameters": list(model.names),
-        "bounds": {p.name: list(p.bounds) for p in model.parameters},
-        "best_fit": dict(zip(model.names, map(float, best.values))),
-        "errors": dict(zip(model.names, map(float, best.errors))),
-        "nll_min": best.nll,
-        "valid": best.valid,
-        "intervals": {"minos": {key(l): [v[0], v[1]] for l, v in minos.items()},
-                      "minos_valid": {key(l): v[2] for l, v in minos.items()},
-                      "scan": {key(l): list(scan.interval(l)) for l in levels}},
-        "scan": {"values": scan.values.tolist(), "t": scan.t.tolist()},
-        "impacts": [{"name": i.name, "pull": i.pull, "constraint": i.constraint, "prefit": list(i.prefit),
-                     "postfit": list(i.postfit)} for i in ranked],
-        "correlation": best.correlation.tolist() if best.correlation is not None else None,
-    }
+    return fit_summary(lik, data, cfg.inference.levels, cfg.inference.scan_points, log)
 
 
 def load_nets(members: Sequence[tuple[Mapping, object]]) -> dict:
@@ -265,6 +237,28 @@ def run_fit(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_fit(out, result)
     return result
+
+
+def export_workspace(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]],
+                     out, log: Callable[[str], None] = print) -> dict:
+    """The declared model with its observed dataset as a portable workspace in ``out``
+    (:mod:`hsbi.inference.workspace`): the compiled model, the normalisation samples' and the
+    data's per-event terms, every network as ONNX (one file per member) and the data's features
+    where they come from a data sample. Returns a summary (files, sizes)."""
+    from hsbi.config.statmodel import GENERATED_DATA
+    from hsbi.estimators.io import onnx_bytes
+    from hsbi.inference.workspace import write_workspace
+
+    lik, evaluators, store, data, summary = prepare(cfg, dirs, members)
+    nets = dict(evaluators[0].nets) if evaluators else {}  # one mapping serves every channel
+    log(f"workspace: {sum(map(len, nets.values()))} networks to ONNX")
+    networks = {key: [onnx_bytes(net) for net in group] for key, group in nets.items()}
+    events = {ch.name: {"data": store.data(ch).x} for ch in cfg.statmodel.channels if ch.data not in GENERATED_DATA}
+    path = write_workspace(out, lik, data, levels=cfg.inference.levels, scan_points=cfg.inference.scan_points,
+                           networks=networks, events=events, description=f"{cfg.name}: {json.dumps(summary)}")
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    return {"workspace": str(path.relative_to(out)), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "networks": sum(map(len, networks.values())), "data": summary}
 
 
 def neyman_grid(cfg: AnalysisConfig, fit_result: Mapping) -> np.ndarray:

@@ -150,32 +150,6 @@ def _yield_hessian(G: torch.Tensor, Y: torch.Tensor, Q: torch.Tensor, F2: torch.
     return H + torch.einsum("bc,bcp,bcq->bpq", Y, dG, dG) + torch.diag_embed((Y[..., None] * d2G).sum(1))
 
 
-def _channel(ch: ChannelModel, norm: Normalisation, events: ChannelEvents, rows: np.ndarray, theta: torch.Tensor,
-             hessian: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The channel's value, gradient and Hessian from the fused kernels (datasets ``rows`` of
-    ``events``, one per row of ``theta``): the yields' factors, the normalisation's and the
-    events' sums, and their assembly (the formulas above, in :func:`kernels.assemble`)."""
-    from hsbi.inference.kernels import assemble, event_sums, norm_sums, yield_terms
-
-    B = theta.shape[0]
-    C, S = len(ch.processes), len(ch.shape_index)
-    th = np.ascontiguousarray(theta.numpy())
-    F, Q, F2, logG, dG, d2G = yield_terms(th, *ch.kernel_constants)
-    own, counts = ch.own_shapes
-    alpha = np.ascontiguousarray(th[:, ch.shape_index])
-    if S:
-        # rows at the same shape NPs (every toy at a fit's start) share their normalisation sums
-        uniq, inverse = np.unique(alpha, axis=0, return_inverse=True) if B > 1 else (alpha, None)
-        sums = norm_sums(np.ascontiguousarray(uniq), *norm.kernel_arrays(own, counts), own, counts, hessian)
-        log_norm, mean, second = sums if inverse is None else (a[inverse.reshape(-1)] for a in sums)
-    else:
-        log_norm, mean, second = np.zeros((B, C)), np.zeros((B, C, 0)), np.zeros((B, C, 0, 0))
-    sums = event_sums(rows, alpha, logG - log_norm, F, *events.kernel_arrays(own, counts), own, counts, hessian)
-    value, grad, H = assemble(F, Q, F2, logG, dG, d2G, np.asarray(ch.shape_index, dtype=np.int64), mean, second,
-                              *sums, hessian)
-    return torch.from_numpy(value), torch.from_numpy(grad), torch.from_numpy(H) if hessian else None
-
-
 def _constraint(model: StatModel, theta: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, ...]:
     sig = torch.as_tensor(model.sigmas, dtype=DTYPE).nan_to_num(torch.inf)
     inv = torch.where(torch.isfinite(sig), 1 / sig**2, 0.0)
@@ -205,13 +179,15 @@ def nll_grad_hess(model: StatModel, norms: Sequence[Normalisation], data: Datase
 def _evaluate(model: StatModel, norms: Sequence[Normalisation], data: Dataset, theta: torch.Tensor,
               rows: np.ndarray | torch.Tensor | None, hessian: bool, reference: bool) -> tuple[torch.Tensor, ...]:
     rows = _rows(data, rows)
+    if not reference:  # the fused kernels (:func:`hsbi.inference.nll.evaluate`, numpy)
+        from hsbi.inference.nll import evaluate
+
+        out = evaluate(model, norms, data, np.asarray(theta.detach(), dtype=np.float64), rows, hessian)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) if a is not None else None for a in out)
     theta = theta.detach().to(DTYPE).contiguous()
     value, grad, hess = _constraint(model, theta, data.aux[torch.from_numpy(rows)])
     for ch, norm, events in zip(model.channels, norms, data.channels):
-        if reference:
-            v, g, h = _channel_reference(ch, norm, events.take(torch.from_numpy(rows)), theta, hessian)
-        else:
-            v, g, h = _channel(ch, norm, events, rows, theta, hessian)
+        v, g, h = _channel_reference(ch, norm, events.take(torch.from_numpy(rows)), theta, hessian)
         value, grad = value + v, grad + g
         if hessian:
             hess = hess + h

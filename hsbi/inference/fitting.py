@@ -1,33 +1,33 @@
 """One fitting interface: MIGRAD/HESSE/MINOS with an analytic gradient, batched Newton fits,
 profile scans of the POI, pulls, impacts and correlations, for any :class:`Likelihood`.
 
-A likelihood is a model's parameters (:class:`~hsbi.inference.statmodel.ParameterSpace`) and
+A likelihood is a model's parameters (:class:`~hsbi.inference.model.ParameterSpace`) and
 ``nll_grad_hess(data, theta, rows)``: the NLL, its gradient and Hessian of datasets ``rows`` of a
-batch ``data`` (anything with ``take(rows)`` and the global observables ``aux`` (B, P)). Two
-models implement it: the declared statistical model (:class:`DeclaredLikelihood`, code-4
-interpolation over ingested samples, derivatives from :mod:`hsbi.inference.derivatives`) and the
-simulator models (:class:`hsbi.inference.mixture.MixtureLikelihood`: a mixture with a nuisance
+batch ``data`` (anything with ``take(rows)`` and the global observables ``aux`` (B, P)), in
+numpy. Two models implement it: the declared statistical model (:class:`DeclaredLikelihood`,
+code-4 interpolation over ingested samples or a workspace's arrays, derivatives from the fused
+kernels of :mod:`hsbi.inference.nll`) and the simulator models (:class:`hsbi.inference.mixture.MixtureLikelihood`: a mixture with a nuisance
 the densities are conditioned on). Observed fits, scans, MINOS, impacts, toys' batched fits and
 Wilks intervals of both go through the functions here; this module only minimises. Results are
-frozen dataclasses keyed by parameter name.
+frozen dataclasses keyed by parameter name. Nothing here imports torch: a portable workspace
+(:mod:`hsbi.inference.workspace`) fits in a process without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from scipy import stats
 
 from hsbi.inference.batched_fit import fit_batch
-from hsbi.inference.derivatives import nll_grad, nll_grad_hess
-from hsbi.inference.statmodel import DTYPE, Dataset, Normalisation, ParameterSpace, StatModel, nll
+from hsbi.inference.model import ParameterSpace
+from hsbi.inference.nll import DeclaredLikelihood
 
-__all__ = ["DeclaredLikelihood", "FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "impacts",
-           "minos_intervals", "profile_scan", "value_and_grad", "wilks_threshold"]
+__all__ = ["DeclaredLikelihood", "FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "fit_summary",
+           "impacts", "level_key", "minos_intervals", "profile_scan", "value_and_grad", "wilks_threshold"]
 
 #: MIGRAD's tolerance (EDM goal 0.002 * tol * errordef); iminuit's default is 0.1
 _TOL = 0.01
@@ -40,49 +40,21 @@ def wilks_threshold(level: float) -> float:
 
 class Likelihood(Protocol):
     """What the fitters need of a model: its parameters and, for datasets ``rows`` of ``data``
-    (all by default) at ``theta`` (one row per dataset, (B, P)), the NLL (B,), its gradient
-    (B, P) and, with ``hessian``, its Hessian (B, P, P) (else None)."""
+    (all by default) at ``theta`` (one row per dataset, (B, P), numpy), the NLL (B,), its
+    gradient (B, P) and, with ``hessian``, its Hessian (B, P, P) (else None): numpy arrays, or
+    CPU tensors the fitters read without a copy."""
 
     model: ParameterSpace
 
-    def nll_grad_hess(self, data: Any, theta: torch.Tensor, rows: np.ndarray | None = None,
-                      hessian: bool = True, reference: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def nll_grad_hess(self, data: Any, theta: np.ndarray, rows: np.ndarray | None = None,
+                      hessian: bool = True, reference: bool = False) -> tuple[Any, Any, Any]: ...
 
 
 def value_and_grad(lik: Likelihood, data: Any, theta: np.ndarray) -> tuple[float, np.ndarray]:
     """NLL and analytic gradient of the first dataset of ``data`` at ``theta`` (P,)."""
-    with torch.no_grad():
-        value, grad, _ = lik.nll_grad_hess(data, torch.as_tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE),
-                                           rows=np.zeros(1, dtype=np.int64), hessian=False)
-    return float(value[0]), grad[0].numpy()
-
-
-@dataclass(frozen=True)
-class DeclaredLikelihood:
-    """The declared model and its normalisation samples (a :class:`Likelihood`); ``batch`` is
-    the NLL of many datasets by the tensor expressions (autograd's reference)."""
-
-    model: StatModel
-    norms: tuple[Normalisation, ...]
-
-    def nll_grad_hess(self, data: Dataset, theta: torch.Tensor, rows: np.ndarray | None = None,
-                      hessian: bool = True, reference: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        value, grad, hess = nll_grad_hess(self.model, self.norms, data, theta, rows=rows, reference=reference) \
-            if hessian else (*nll_grad(self.model, self.norms, data, theta, rows=rows), None)
-        return value, grad, hess
-
-    def batch(self, data: Dataset, theta: torch.Tensor) -> torch.Tensor:
-        return nll(self.model, self.norms, data, theta)
-
-    def value_and_grad(self, data: Dataset, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """NLL and analytic gradient of the first dataset of ``data``."""
-        return value_and_grad(self, data, theta)
-
-    def value(self, data: Dataset, theta: np.ndarray) -> float:
-        with torch.no_grad():
-            return float(self.batch(data, torch.as_tensor(np.asarray(theta, dtype=float)[None, :], dtype=DTYPE))[0])
+    value, grad, _ = lik.nll_grad_hess(data, np.asarray(theta, dtype=np.float64)[None],
+                                       rows=np.zeros(1, dtype=np.int64), hessian=False)
+    return float(np.asarray(value)[0]), np.array(grad[0], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -115,7 +87,7 @@ class _Cost:
 
     errordef = 0.5
 
-    def __init__(self, lik: Likelihood, data: Dataset) -> None:
+    def __init__(self, lik: Likelihood, data: Any) -> None:
         self.lik, self.data, self._last = lik, data, (None, 0.0, None)
         self.calls = 0
 
@@ -133,7 +105,7 @@ class _Cost:
         return self._eval(np.asarray(theta))[1]
 
 
-def _minuit(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: Mapping[str, float]):  # -> Minuit, _Cost
+def _minuit(lik: Likelihood, data: Any, start: np.ndarray, fixed: Mapping[str, float]):  # -> Minuit, _Cost
     from iminuit import Minuit
 
     model = lik.model
@@ -151,7 +123,7 @@ def _minuit(lik: Likelihood, data: Dataset, start: np.ndarray, fixed: Mapping[st
     return m, cost
 
 
-def fit(lik: Likelihood, data: Dataset, fixed: Mapping[str, float] | None = None,
+def fit(lik: Likelihood, data: Any, fixed: Mapping[str, float] | None = None,
         start: np.ndarray | None = None, hesse: bool = True) -> FitResult:
     """The (conditional, with ``fixed``) maximum-likelihood fit of one dataset."""
     fixed = dict(fixed or {})
@@ -161,7 +133,7 @@ def fit(lik: Likelihood, data: Dataset, fixed: Mapping[str, float] | None = None
     # Newton with the analytic Hessian first: MIGRAD then only confirms the minimum (at 50 NPs
     # it needs ~1,900 calls from the inits, a few dozen from there)
     held = np.isin(lik.model.names, list(fixed))
-    newton = fit_batch(lik, data.take(torch.zeros(1, dtype=torch.long)), start[None], held)
+    newton = fit_batch(lik, data.take(np.zeros(1, dtype=np.int64)), start[None], held)
     m, cost = _minuit(lik, data, newton.theta[0], fixed)
     m.migrad()
     values, held = np.array(m.values), np.array(m.fixed)
@@ -170,16 +142,14 @@ def fit(lik: Likelihood, data: Dataset, fixed: Mapping[str, float] | None = None
     return FitResult(lik.model.names, values, errors, cov, float(m.fval), bool(m.valid), tuple(fixed), cost.calls)
 
 
-def covariance(lik: Likelihood, data: Dataset, theta: np.ndarray, held: np.ndarray) -> np.ndarray:
+def covariance(lik: Likelihood, data: Any, theta: np.ndarray, held: np.ndarray) -> np.ndarray:
     """The inverse of the analytic Hessian at ``theta`` over the free parameters (rows and
     columns of ``held`` parameters are 0): HESSE's covariance without its P^2 numerical
     second derivatives (2,700 NLL calls at 50 NPs)."""
-    t = torch.as_tensor(np.asarray(theta, dtype=float)[None], dtype=DTYPE)
-    with torch.no_grad():
-        _, _, hess = lik.nll_grad_hess(data, t, rows=np.zeros(1, dtype=np.int64))
+    _, _, hess = lik.nll_grad_hess(data, np.asarray(theta, dtype=np.float64)[None], rows=np.zeros(1, dtype=np.int64))
     free = ~np.asarray(held, dtype=bool)
     cov = np.zeros((len(theta), len(theta)))
-    cov[np.ix_(free, free)] = np.linalg.pinv(hess[0].numpy()[np.ix_(free, free)])
+    cov[np.ix_(free, free)] = np.linalg.pinv(np.asarray(hess[0], dtype=np.float64)[np.ix_(free, free)])
     return cov
 
 
@@ -201,7 +171,7 @@ class ScanResult:
         return float(lo), float(hi)
 
 
-def profile_scan(lik: Likelihood, data: Dataset, values: Sequence[float], best: FitResult | None = None) -> ScanResult:
+def profile_scan(lik: Likelihood, data: Any, values: Sequence[float], best: FitResult | None = None) -> ScanResult:
     """``t(mu)`` at ``values`` of the POI, each conditional fit started from its neighbour's."""
     best = best or fit(lik, data, hesse=False)
     poi = lik.model.poi
@@ -221,7 +191,7 @@ def _nearest(thetas: np.ndarray, valid: np.ndarray, values: Sequence[float], k: 
     return thetas[j]
 
 
-def minos_intervals(lik: Likelihood, data: Dataset, levels: Sequence[float], best: FitResult | None = None) -> dict[float, tuple[float, float, bool]]:
+def minos_intervals(lik: Likelihood, data: Any, levels: Sequence[float], best: FitResult | None = None) -> dict[float, tuple[float, float, bool]]:
     """MINOS interval of the POI per level: ``(low, high, valid)``."""
     best = best or fit(lik, data)
     m, _ = _minuit(lik, data, best.values, {})
@@ -244,11 +214,11 @@ class Impact:
     postfit: tuple[float, float]  # ... at +- its post-fit error
 
 
-def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
+def impacts(lik: Likelihood, data: Any, best: FitResult) -> list[Impact]:
     """Pulls, constraints and the pre-/post-fit impact of each constrained NP on the POI,
     ranked by the larger post-fit impact."""
     model, poi = lik.model, lik.model.poi
-    aux = data.aux[0].numpy()
+    aux = np.asarray(data.aux[0], dtype=np.float64)
     nps = [j for j, p in enumerate(model.parameters) if p.constrained and not p.fixed]
     # all 4 conditional fits per NP (pre-/post-fit width, up/down) as one batched Newton fit,
     # each started at the covariance's linear response to the shift (the conditional minimum of
@@ -266,7 +236,7 @@ def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
                 start[j] = best.values[j] + shift
                 starts.append(start)
                 held.append(np.arange(len(start)) == j)
-    rows = torch.zeros(len(starts), dtype=torch.long)
+    rows = np.zeros(len(starts), dtype=np.int64)
     shifted = fit_batch(lik, data.take(rows), np.array(starts), np.array(held)).theta[:, model.poi_index]
     out = []
     for k, j in enumerate(nps):
@@ -274,3 +244,47 @@ def impacts(lik: Likelihood, data: Dataset, best: FitResult) -> list[Impact]:
         out.append(Impact(p.name, float((best.values[j] - aux[j]) / p.sigma), float(best.errors[j] / p.sigma),
                           (float(d[0]), float(d[1])), (float(d[2]), float(d[3]))))
     return sorted(out, key=lambda i: -max(abs(i.postfit[0]), abs(i.postfit[1])))
+
+
+def level_key(level: float) -> str:
+    """A confidence level as the results' key: 0.6827 -> "68.27", 0.95 -> "95"."""
+    return f"{100 * level:.4g}".rstrip("0").rstrip(".")
+
+
+def fit_summary(lik: Likelihood, data: Any, levels: Sequence[float], scan_points: int,
+                log: Callable[[str], None] = print) -> dict:
+    """The observed fit of the first dataset of ``data``: best fit (Newton, MIGRAD) with the
+    analytic Hessian's errors, MINOS intervals of the POI per level, a profile scan over the
+    largest of them (padded 15%, at most 41 points), pulls and impacts of the constrained NPs,
+    correlations. A JSON-ready summary; the declared model's observed fit and a portable
+    workspace's fit are both this one."""
+    model = lik.model
+    log(f"fit: {len(model.names)} parameters")
+    best = fit(lik, data)
+    log(f"fit: {model.poi} = {best[model.poi]:.4g} +- {best.error(model.poi):.3g} (valid: {best.valid}); MINOS")
+    minos = minos_intervals(lik, data, levels, best)
+    lo = min(v[0] for v in minos.values())
+    hi = max(v[1] for v in minos.values())
+    pad = 0.15 * (hi - lo)
+    bounds = model.parameters[model.poi_index].bounds
+    grid = np.linspace(max(bounds[0], lo - pad), min(bounds[1], hi + pad), min(41, scan_points))
+    log(f"scan: {len(grid)} points")
+    scan = profile_scan(lik, data, grid, best)
+    log(f"impacts: {sum(p.constrained for p in model.parameters)} NPs")
+    ranked = impacts(lik, data, best)
+    return {
+        "poi": model.poi,
+        "parameters": list(model.names),
+        "bounds": {p.name: list(p.bounds) for p in model.parameters},
+        "best_fit": dict(zip(model.names, map(float, best.values))),
+        "errors": dict(zip(model.names, map(float, best.errors))),
+        "nll_min": best.nll,
+        "valid": best.valid,
+        "intervals": {"minos": {level_key(l): [v[0], v[1]] for l, v in minos.items()},
+                      "minos_valid": {level_key(l): v[2] for l, v in minos.items()},
+                      "scan": {level_key(l): list(scan.interval(l)) for l in levels}},
+        "scan": {"values": scan.values.tolist(), "t": scan.t.tolist()},
+        "impacts": [{"name": i.name, "pull": i.pull, "constraint": i.constraint, "prefit": list(i.prefit),
+                     "postfit": list(i.postfit)} for i in ranked],
+        "correlation": best.correlation.tolist() if best.correlation is not None else None,
+    }

@@ -184,7 +184,7 @@ class MixtureLikelihood:
                       hessian: bool = True, reference: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = np.arange(data.batch) if rows is None else np.asarray(rows, dtype=np.int64)
-        th = theta.detach().to(DTYPE).numpy()
+        th = np.asarray(theta, dtype=np.float64)
         zs, at, d1, d2 = stencil(th[:, 1], self.step, *self.model.parameters[1].bounds)
         aux = data.aux[rows, 1].numpy()
         value, grad, hess = np.zeros(len(rows)), np.zeros((len(rows), 2)), np.zeros((len(rows), 2, 2))

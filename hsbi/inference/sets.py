@@ -137,7 +137,7 @@ class SetFitLikelihood:
         from hsbi.inference.mixture import stencil
 
         rows = np.arange(data.batch) if rows is None else np.asarray(rows, dtype=np.int64)
-        th = theta.detach().double().numpy()
+        th = np.asarray(theta, dtype=np.float64)
         value, grad, hess = np.zeros(len(rows)), np.zeros((len(rows), 2)), np.zeros((len(rows), 2, 2))
         groups: dict[int, list[int]] = {}
         for b, r in enumerate(rows):

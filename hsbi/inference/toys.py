@@ -211,9 +211,9 @@ def wilks_intervals(lik: Likelihood, data: Dataset, level: float, start: np.ndar
     start = np.tile(model.init, (B, 1)) if start is None else start
     glob = fit_batch(lik, data, start)
     hold = np.array([p.fixed for p in model.parameters])
-    _, _, H = lik.nll_grad_hess(data, torch.as_tensor(glob.theta, dtype=DTYPE))
+    _, _, H = lik.nll_grad_hess(data, glob.theta)
     free = ~hold
-    cov = np.linalg.pinv(H.numpy()[:, free][:, :, free])
+    cov = np.linalg.pinv(np.asarray(H)[:, free][:, :, free])
     sigma = np.sqrt(np.clip(cov[:, int(np.sum(free[:k])), int(np.sum(free[:k]))], 1e-300, None))
     lo_b, hi_b = model.parameters[k].bounds
     fixed = hold.copy()

@@ -11,10 +11,10 @@ import yaml
 
 from hsbi.config.loader import load_config
 from hsbi.exceptions import ConfigError
-from hsbi.inference.fitting import DeclaredLikelihood, fit
-from hsbi.inference.statmodel import DTYPE, ChannelEvents, Dataset, Normalisation
+from hsbi.inference.fitting import fit
+from hsbi.inference.statmodel import DTYPE
 from hsbi.models.many_np import ManyNP
-from tests.inference.many_np_exact import exact_model
+from tests.inference.many_np_exact import exact_likelihood
 
 SIM = ManyNP()
 #: nominal events per process renormalising the shape product: the tests against the exact
@@ -38,25 +38,7 @@ def _benchmark(tmp: Path, n_norm: int) -> tuple:
     """hsbi's likelihood built from the benchmark's exact densities and shape ratios at +-1
     (normalisation: ``n_norm`` events per process), and a dataset thrown at mu = 1,
     shape_0 = 0.5, norm_1 = -0.7."""
-    torch.set_num_threads(1)
-    model, terms, path = exact_model(SIM, tmp, 500, {"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7})
-    ch = model.channels[0]
-    rng = np.random.default_rng(5)
-    ws, los, his = [], [], []
-    for c, p in enumerate(ch.processes):
-        _, lo, hi = terms(SIM.sample(rng, p, n_norm))
-        ws.append(np.ones(n_norm)), los.append(lo[:, c]), his.append(hi[:, c])
-    off_lo, off_hi = Normalisation.offsets(ws, los, his)
-    norm = Normalisation.of(ws, [a - o for a, o in zip(los, off_lo)], [a - o for a, o in zip(his, off_hi)])
-    lik = DeclaredLikelihood(model, (norm,))
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path.parent / "data.parquet")
-    x = np.stack([table.column(f).to_numpy() for f in SIM.features], -1)
-    logp, lo, hi = terms(x)
-    data = Dataset((ChannelEvents.of(np.ones((1, len(x))), logp[None], lo[None], hi[None]),),
-                   torch.as_tensor(model.nominal_aux[None], dtype=DTYPE))
-    return lik, data, x
+    return exact_likelihood(SIM, tmp, n_norm, {"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7})
 
 
 def test_gradient_is_exact(benchmark: tuple) -> None:

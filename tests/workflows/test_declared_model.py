@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,8 +16,9 @@ import yaml
 
 from hsbi.config.loader import load_config
 from hsbi.inference.statmodel import DTYPE, compile_model, process_yields
+from hsbi.inference.workspace import load_workspace
 from hsbi.models.many_np import ManyNP
-from tests.helpers import ROOT, run_law
+from tests.helpers import ROOT, fit_only, run_law
 
 FAST = "training.max_epochs=1,training.members=1,inference.scan_points=11"
 #: ingestion in the law process (a dask LocalCluster per sample costs seconds each)
@@ -62,6 +64,27 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
         assert (result_dir / name).stat().st_size > 0
     # 11 networks: 3 nominal ratios and 8 shape ratios (4 process-NP pairs, up and down)
     assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11
+    # the model as a portable workspace (networks reused), fitted again by `hsbi fit` in a process
+    # that imports no torch: InferProfileLikelihood's numbers to 1e-6 relative; its ONNX networks
+    # (ONNX Runtime) give the data's stored per-event terms to float32 rounding
+    proc = run_law(tmp_path / "store", "ExportWorkspace", "--config", str(config), "--set", FAST, *SYNC, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(list((tmp_path / "store" / "TrainRatio").iterdir())) == 11
+    (export_dir,) = (tmp_path / "store" / "ExportWorkspace").iterdir()
+    fitted = fit_only(export_dir / "workspace", "--json", "--quiet")
+    assert fitted.returncode == 0 and "HEAVY []" in fitted.stderr, fitted.stderr[-3000:]
+    again = json.loads(fitted.stdout)
+    close = lambda a, b: abs(a - b) <= 1e-9 + 1e-6 * abs(b)
+    for kind in ("minos", "scan"):
+        for level, edges in result["intervals"][kind].items():
+            assert all(map(close, again["intervals"][kind][level], edges)), (kind, level)
+    assert all(close(again["best_fit"][k], v) and close(again["errors"][k], result["errors"][k])
+               for k, v in result["best_fit"].items())
+    workspace = load_workspace(export_dir / "workspace")
+    logp, lo, hi = workspace.evaluate("SR", workspace.events["SR"]["data"])
+    stored = workspace.data.channels[0]
+    for ours, theirs in ((logp, stored.logp[0]), (lo, stored.lo[0]), (hi, stored.hi[0])):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     # the Neyman belt of the same model (networks and fit reused): 3 points, 12 toys each
     belt_set = FAST + ",inference.neyman.points=3,inference.neyman.toys=12"
     proc = run_law(tmp_path / "store", "ConfidenceBelt", "--config", str(config), "--set", belt_set, *SYNC,
