@@ -31,7 +31,8 @@ from hsbi.inference.statmodel import (
 from hsbi.inference.toys import PoolChannel, ToyPool
 from hsbi.training.statmodel import load_ratio, log_ratio
 
-__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_data", "check_samples", "export_workspace", "load_nets",
+__all__ = ["Evaluator", "analyse", "belt_summary", "build", "check_data", "check_samples", "export_pyhf", "export_workspace",
+           "load_nets",
            "neyman_grid", "neyman_point", "normalisation_samples", "observed_dataset", "prepare", "run_fit", "toy_pool"]
 
 #: (channel, process, np, side) -> ensemble members
@@ -259,6 +260,90 @@ def export_workspace(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members:
     files = sorted(p for p in out.rglob("*") if p.is_file())
     return {"workspace": str(path.relative_to(out)), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
             "networks": sum(map(len, networks.values())), "data": summary}
+
+
+def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]],
+                fit_result: Mapping, out, bins: int, log: Callable[[str], None] = print) -> dict:
+    """Binned NSBI of the declared model as a pyhf workspace in ``out``
+    (``pyhf_workspace.json``): per channel ``bins`` bins of the learned log odds of the processes
+    carrying the POI against the others (:func:`hsbi.inference.binned.log_odds`, from the
+    nominal ratio networks), the processes' nominal MC (all splits) with ``staterror``, normsys
+    kappas, the normplusshape variations' samples as ``normsys`` + ``histosys``, ``lumi``, and the
+    observed data. pyhf fits it (its schema validated first) and hsbi fits it with its own binned
+    likelihood; returns both, the agreement, and the unbinned interval of ``fit_result`` beside
+    them."""
+    import pyhf
+
+    from hsbi.config.statmodel import GENERATED_DATA
+    from hsbi.inference.binned import (
+        BinnedLikelihood,
+        binned_spec,
+        log_odds,
+        nsbi_channel,
+        pyhf_fit,
+    )
+    from hsbi.inference.fitting import fit, level_key, profile_interval
+
+    lik, evaluators, store, _, _ = prepare(cfg, dirs, members)
+    model = lik.model
+    poi = model.poi
+    channels = []
+    for ch_cfg, ch, ev in zip(cfg.statmodel.channels, model.channels, evaluators):
+        where = f"statmodel channel {ch.name!r}"
+        if ch_cfg.data in GENERATED_DATA:
+            raise DataError(f"{where}: data is {ch_cfg.data!r}; ExportPyhf bins observed events: expected a data sample")
+        signal = ch.normfactors[:, model.poi_index] > 0
+        if signal.all() or not signal.any():
+            raise DataError(f"{where}: the binned observable is the log odds of the processes carrying {poi!r} "
+                            "against the others; expected both kinds of process in the channel")
+        normfactors = []
+        for c in range(len(ch.processes)):
+            names = [model.names[j] for j in np.flatnonzero(ch.normfactors[c])]
+            if len(names) > 1:
+                raise DataError(f"{where}, process {ch.processes[c]!r}: normfactors {names}; a binned sample "
+                                "carries at most one")
+            normfactors.append(names[0] if names else None)
+        observable = lambda x, ev=ev, ch=ch, signal=signal: log_odds(ev.terms(x)[0], ch.nu0, signal)
+        nominal, shapes, normsys = [], {}, {}
+        for c, proc in enumerate(ch_cfg.processes):
+            events = store.process(ch_cfg, proc, None)
+            nominal.append((events.x, events.w))
+            for mod in proc.modifiers:
+                if mod.type == "normsys":
+                    normsys[(c, mod.name)] = (mod.lo, mod.hi)
+                elif mod.type == "normplusshape":
+                    shapes[(c, mod.name)] = tuple((v.x, v.w) for v in (store.variation(ch_cfg, proc, mod, side, None)
+                                                                          for side in ("down", "up")))
+        log(f"binned: channel {ch.name}, {bins} bins of the learned log odds")
+        channels.append(nsbi_channel(ch.name, observable, ch.processes, nominal, store.data(ch_cfg).x, bins,
+                                     normfactors, shapes, normsys, [bool(ch.lumi[c] >= 0) for c in range(len(ch.processes))]))
+    lumi = [p for p in model.parameters if p.kind == "lumi"]
+    spec = binned_spec(channels, poi, lumi[0].sigma if lumi else None)
+    pyhf.Workspace(spec)  # pyhf's JSON schema
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pyhf_workspace.json").write_text(json.dumps(spec, indent=1) + "\n")
+    binned = BinnedLikelihood.from_spec(spec)
+    bdata = binned.observed(spec)
+    best = fit(binned, bdata)
+    ours, theirs = {}, {}
+    for level in cfg.inference.levels:
+        log(f"binned: {level_key(level)}% intervals (hsbi, pyhf)")
+        ours[level_key(level)] = list(profile_interval(binned, bdata, level, best))
+        ref = pyhf_fit(spec, level=level)  # pyhf's own fit and interval (its best fit the same at every level)
+        theirs[level_key(level)] = ref["interval"]
+    unbinned = fit_result["intervals"]["minos"]
+    width = lambda iv: iv[1] - iv[0]
+    return {
+        "poi": poi, "bins": bins, "interpcodes": ["code4", "code4p"],
+        "edges": {ch.name: ch.edges.tolist() for ch in channels},
+        "hsbi_binned": {"best_fit": dict(zip(binned.model.names, map(float, best.values))), "valid": best.valid,
+                        "intervals": ours},
+        "pyhf": {"best_fit": ref["best_fit"], "intervals": theirs},
+        "difference": {"best_fit": abs(best[poi] - ref["best_fit"][poi]),
+                       "edges": max(abs(a - b) for k in ours for a, b in zip(ours[k], theirs[k]))},
+        "unbinned": {"best_fit": fit_result["best_fit"][poi], "intervals": unbinned},
+        "width_ratio": {k: width(unbinned[k]) / width(ours[k]) for k in ours if k in unbinned},
+    }
 
 
 def neyman_grid(cfg: AnalysisConfig, fit_result: Mapping) -> np.ndarray:

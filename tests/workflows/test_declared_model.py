@@ -85,6 +85,19 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
     stored = workspace.data.channels[0]
     for ours, theirs in ((logp, stored.logp[0]), (lo, stored.lo[0]), (hi, stored.hi[0])):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    # binned NSBI of the same model through pyhf (6 bins of the learned log odds): the workspace
+    # passes pyhf's schema, pyhf's interval equals hsbi's own binned fit's to 1e-4
+    proc = run_law(tmp_path / "store", "ExportPyhf", "--config", str(config), "--set", FAST, "--bins", "6", *SYNC,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (binned_dir,) = (tmp_path / "store" / "ExportPyhf").iterdir()
+    binned = json.loads((binned_dir / "binned.json").read_text())
+    assert binned["bins"] == 6 and len(binned["edges"]["SR"]) == 7
+    assert binned["difference"]["best_fit"] < 1e-4 and binned["difference"]["edges"] < 1e-4, binned["difference"]
+    assert binned["unbinned"]["intervals"] == result["intervals"]["minos"]
+    import pyhf
+
+    pyhf.Workspace(json.loads((binned_dir / "pyhf_workspace.json").read_text()))
     # the Neyman belt of the same model (networks and fit reused): 3 points, 12 toys each
     belt_set = FAST + ",inference.neyman.points=3,inference.neyman.toys=12"
     proc = run_law(tmp_path / "store", "ConfidenceBelt", "--config", str(config), "--set", belt_set, *SYNC,
