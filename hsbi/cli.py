@@ -1,4 +1,4 @@
-"""The ``hsbi`` command line: ``hsbi store ls|show|verify|gc|reproduce`` and ``hsbi fit WORKSPACE``."""
+"""The ``hsbi`` command line: ``hsbi store ls|show|verify|gc|reproduce`` and ``hsbi fit WORKSPACE...``."""
 
 from __future__ import annotations
 
@@ -124,9 +124,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from hsbi.inference.combined import fit_combination
     from hsbi.inference.workspace import fit_workspace
 
-    result = fit_workspace(args.workspace, log=(lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    log = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    if len(args.workspace) == 1:
+        result = fit_workspace(args.workspace[0], log=log)
+    else:
+        result = fit_combination(args.workspace, log=log)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -161,8 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("address")
     rep.add_argument("--scratch", default=None, help="scratch directory; default: a temp dir")
     rep.set_defaults(fn=cmd_reproduce)
-    fit = sub.add_parser("fit", help="fit a portable workspace (ExportWorkspace) without the training stack")
-    fit.add_argument("workspace", help="the workspace directory or its workspace.json")
+    fit = sub.add_parser("fit", help="fit portable workspaces (ExportWorkspace, ExportPyhf) without the training "
+                         "stack; several are combined, parameters shared by name")
+    fit.add_argument("workspace", nargs="+", help="an hsbi workspace (directory or workspace.json) or a pyhf "
+                     "workspace JSON; several: their combination")
     fit.add_argument("--out", default=None, help="also write result.json into this directory")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
