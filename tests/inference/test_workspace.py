@@ -28,8 +28,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     tmp = tmp_path_factory.mktemp("ws")
     lik, data, x = exact_likelihood(SIM, tmp, 5000, {"mu": 1.0, "shape_0": 0.5, "norm_1": -0.7})
     result = fit_summary(lik, data, LEVELS, 21, log=lambda _: None)
+    # one real ONNX network (a small ratio net) stands for the nominal ratio of bkg1: the loader
+    # verifies the networks' files; the terms stay the exact ones
+    from hsbi.estimators.io import onnx_bytes
+    from hsbi.estimators.lre import RatioNet
+
+    net = onnx_bytes(RatioNet(len(SIM.features), [8], "silu", n_nuisances=0).eval())
     write_workspace(tmp / "workspace", lik, data, levels=LEVELS, scan_points=21,
-                    events={"SR": {"data": x.astype(np.float32)}})
+                    networks={("SR", "bkg1", "", ""): [net]}, events={"SR": {"data": x.astype(np.float32)}})
     return result, tmp / "workspace"
 
 
@@ -73,6 +79,7 @@ def test_workspace_follows_hs3_and_pyhf_naming(exported: tuple[dict, Path]) -> N
     assert {d["x"] for d in constraints} == {*SIM.shape_nps, *SIM.norm_nps, "lumi"}
     assert doc["analyses"][0]["parameters_of_interest"] == ["mu"]
     ws = load_workspace(workspace)
+    assert set(ws.networks) == {("SR", "bkg1", "", "")} and ws.networks[("SR", "bkg1", "", "")][0].suffix == ".onnx"
     assert ws.events["SR"]["data"].shape == (len(ws.data.channels[0].w[0]), len(SIM.features))
 
 
@@ -96,6 +103,10 @@ def _alter_file(copy: Path, doc: dict) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _drop_network(copy: Path, doc: dict) -> None:
+    (copy / doc["distributions"][0]["samples"][1]["network"][0]["file"]).unlink()
+
+
 def _unknown_modifier(copy: Path, doc: dict) -> None:
     doc["distributions"][0]["samples"][1]["modifiers"][0]["type"] = "shapesys"
 
@@ -106,6 +117,8 @@ def _no_data(copy: Path, doc: dict) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     pytest.param(_drop_file, "data[0].logp: file 'arrays/SR.data.logp.", id="missing-file"),
+    pytest.param(_drop_network, "distributions[0].samples[1].network[0]: file 'networks/SR.bkg1.nominal.0.",
+                 id="missing-network"),
     pytest.param(_alter_file, "distributions[0].normalisation.lo: file 'arrays/SR.normalisation.lo.", id="hash"),
     pytest.param(_unknown_modifier, "distributions[0].samples[1].modifiers[0].type = 'shapesys': expected one of "
                  "normfactor, lumi, normsys, normplusshape", id="unknown-modifier"),
