@@ -2,7 +2,8 @@
 # hsbi environment set-up. Source it from anywhere:  source setup.sh
 #
 # First call: creates .venv, installs torch (pinned, CPU wheel) and then the project with its test
-# extras. Later calls only export the environment and refresh the law task index.
+# extras, and pyhs3 (a test dependency) apart in .venv/pyhs3. Later calls only export the environment
+# and refresh the law task index.
 #
 # Variables exported:
 #   HSBI_BASE         the checkout (folder of this file)
@@ -29,18 +30,21 @@ action() {
 
     local venv="${HSBI_BASE}/.venv"
     local stamp="${venv}/.hsbi-installed"
-    # the stamp holds the hash of pyproject.toml: changed dependencies are installed on the next call
+    # the stamp holds the hash of pyproject.toml and of the pyhs3 requirements: changed dependencies
+    # are installed on the next call
     local wanted
-    wanted="$(sha256sum "${HSBI_BASE}/pyproject.toml" | cut -d' ' -f1)"
+    wanted="$(cat "${HSBI_BASE}/pyproject.toml" "${HSBI_BASE}/tests/pyhs3-requirements.txt" | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "${stamp}" 2>/dev/null)" != "${wanted}" ] || [ "${HSBI_REINSTALL:-0}" = "1" ]; then
-        echo "hsbi setup: installing into ${venv} (first call, or pyproject.toml changed; log: ${venv}/install.log)"
+        echo "hsbi setup: installing into ${venv} (first call, or pyproject.toml or the pyhs3 requirements changed; log: ${venv}/install.log)"
         [ -d "${venv}" ] || "${HSBI_PYTHON:-python3}" -m venv "${venv}" || return 1
         local log="${venv}/install.log"
         local pip="${venv}/bin/python -m pip install --disable-pip-version-check"
         # torch first, pinned: anything later that depends on torch then finds it satisfied.
         if ! { ${pip} --upgrade pip setuptools wheel \
                 && ${pip} "${HSBI_TORCH_SPEC:-torch==2.13.0}" \
-                && ${pip} -e "${HSBI_BASE}[test]"; } >"${log}" 2>&1; then
+                && ${pip} -e "${HSBI_BASE}[test]" \
+                && ${pip} --upgrade --no-deps --target "${venv}/pyhs3" -r "${HSBI_BASE}/tests/pyhs3-requirements.txt"; \
+             } >"${log}" 2>&1; then
             tail -n 20 "${log}"
             echo "hsbi setup: installation failed; full log in ${log}" >&2
             return 1

@@ -124,11 +124,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from hsbi.inference.combined import fit_combination
+    from hsbi.inference.combined import fit_combination, is_hsbi_workspace
     from hsbi.inference.workspace import fit_workspace
 
     log = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    if len(args.workspace) == 1:
+    if len(args.workspace) == 1 and is_hsbi_workspace(args.workspace[0]):
         result = fit_workspace(args.workspace[0], log=log)
     else:
         result = fit_combination(args.workspace, log=log)

@@ -201,7 +201,7 @@ class ExportPyhf(HSBITask):
     """Binned NSBI of the declared model through pyhf: per channel ``--bins`` bins of the learned
     log odds of signal against background, the MC templates with normsys, histosys (from the
     variation samples), staterror and lumi, and the observed data as a pyhf workspace
-    (pyhf_workspace.json, schema-validated); pyhf's fit and hsbi's own binned fit of it beside the
+    (pyhf_workspace.json, schema-validated; hs3_workspace.json the same in HS3's layout); pyhf's fit and hsbi's own binned fit of it beside the
     unbinned interval (binned.json)."""
 
     config_sections = FitDeclaredModel.config_sections

@@ -38,7 +38,7 @@ from hsbi.inference.model import Parameter, ParameterSpace
 from hsbi.models.interpolation import code4_coefficients
 
 __all__ = ["BinnedData", "BinnedLikelihood", "BinnedModel", "Channel", "Process", "Sample", "binned_spec",
-           "histogram", "log_odds", "nsbi_channel", "pyhf_fit"]
+           "histogram", "hs3_spec", "log_odds", "nsbi_channel", "pyhf_fit"]
 
 #: hsbi's parameter kind of each supported pyhf modifier type
 _KINDS = {"normfactor": "normfactor", "normsys": "alpha", "histosys": "alpha", "lumi": "lumi",
@@ -199,6 +199,68 @@ def nsbi_channel(name: str, observable, processes: Sequence[str], nominal: Seque
         own_norms = {np_name: kappas for (k, np_name), kappas in normsys.items() if k == c}
         procs.append(Process(proc, Sample(values[c], weights[c]), own_shapes, own_norms, normfactors[c], lumi[c]))
     return Channel(name, edges, tuple(procs), data)
+
+
+def hs3_spec(spec: Mapping, edges: Mapping[str, Sequence[float]], interpcodes: tuple[str, str] = ("code4", "code4p"),
+             observable: str = "log_odds") -> dict:
+    """The pyhf workspace ``spec`` in HS3's layout (what ROOT and ``pyhs3`` read): one
+    ``histfactory_dist`` per channel (its ``edges``; samples with ``contents``/``errors``;
+    ``normfactor``, ``normsys``, ``histosys`` with ``interpcodes``, Barlow-Beeston-lite
+    ``staterror``), lumi as a ``normfactor`` with a ``gaussian_dist`` around its global
+    observable (HS3 has no lumi modifier), binned observed data, one likelihood and an analysis
+    of the POI."""
+    meas = spec["measurements"][0]["config"]
+    lumi = next((p for p in meas.get("parameters", []) if p["name"] == "lumi"), None)
+    params = BinnedLikelihood.from_spec(spec, interpcodes).model.parameters
+    dists, data, names = [], [], []
+    for ch in sorted(spec["channels"], key=lambda c: c["name"]):
+        axis = [{"name": f"{observable}_{ch['name']}", "edges": [float(e) for e in edges[ch["name"]]]}]
+        samples = []
+        for sample in ch["samples"]:
+            mods, errors = [], None
+            for mod in sample["modifiers"]:
+                kind, name = mod["type"], mod["name"]
+                if kind in ("normfactor", "lumi"):
+                    mods.append({"type": "normfactor", "name": name, "parameter": name})
+                elif kind == "normsys":
+                    mods.append({"type": "normsys", "name": name, "parameter": name,
+                                 "data": {**mod["data"], "interpolation": interpcodes[0]}})
+                elif kind == "histosys":
+                    mods.append({"type": "histosys", "name": name, "parameter": name, "data": {
+                        "hi": {"contents": mod["data"]["hi_data"]}, "lo": {"contents": mod["data"]["lo_data"]},
+                        "interpolation": interpcodes[1]}})
+                elif kind == "staterror":
+                    errors = mod["data"]
+                    mods.append({"type": "staterror", "name": name,
+                                 "parameters": [f"{name}[{i}]" for i in range(len(errors))]})
+                else:
+                    raise ConfigError(f"hs3_spec: channel {ch['name']!r}, sample {sample['name']!r}: modifier type "
+                                      f"{kind!r} is not supported; expected normfactor, lumi, normsys, histosys, staterror")
+            samples.append({"name": sample["name"], "modifiers": mods,
+                            "data": {"contents": sample["data"], **({"errors": errors} if errors else {})}})
+        dists.append({"name": f"model_{ch['name']}", "type": "histfactory_dist", "axes": axis, "samples": samples})
+        obs = next(o for o in spec["observations"] if o["name"] == ch["name"])
+        data.append({"name": f"obsData_{ch['name']}", "type": "binned", "contents": obs["data"], "axes": axis})
+        names.append(ch["name"])
+    aux = []
+    if lumi is not None:
+        dists.append({"name": "lumi_constraint", "type": "gaussian_dist", "x": "nom_lumi", "mean": "lumi",
+                      "sigma": float(lumi["sigmas"][0])})
+        aux.append("lumi_constraint")
+    return {
+        "metadata": {"hs3_version": "0.2", "packages": [{"name": "hsbi", "version": "binned export"}]},
+        "distributions": dists,
+        "data": data,
+        "likelihoods": [{"name": "binned", "distributions": [f"model_{n}" for n in names],
+                         "data": [f"obsData_{n}" for n in names], "aux_distributions": aux}],
+        "parameter_points": [{"name": "default_values", "parameters": [
+            {"name": p.name, "value": p.init} for p in params] + ([{"name": "nom_lumi", "value": 1.0}]
+                                                                 if lumi is not None else [])}],
+        "domains": [{"name": "default_domain", "type": "product_domain",
+                     "axes": [{"name": p.name, "min": p.bounds[0], "max": p.bounds[1]} for p in params]}],
+        "analyses": [{"name": "binned", "likelihood": "binned", "parameters_of_interest": [meas["poi"]],
+                      "domains": ["default_domain"], "init": "default_values"}],
+    }
 
 
 # --- hsbi's binned likelihood -------------------------------------------------------------------

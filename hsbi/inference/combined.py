@@ -29,7 +29,7 @@ import numpy as np
 from hsbi.exceptions import ConfigError
 from hsbi.inference.model import Parameter, ParameterSpace
 
-__all__ = ["CombinedData", "CombinedLikelihood", "CombinedModel", "fit_combination", "load_component"]
+__all__ = ["CombinedData", "CombinedLikelihood", "CombinedModel", "fit_combination", "is_hsbi_workspace", "load_component"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def load_component(path: Path | str) -> tuple[Any, Any, str]:
     from hsbi.inference.workspace import WorkspaceError, load_workspace
 
     path = Path(path)
-    if path.is_dir() or (path.is_file() and path.suffix == ".json" and "hsbi" in _json(path).get("misc", {})):
+    if is_hsbi_workspace(path):
         ws = load_workspace(path)
         return ws.likelihood, ws.data, str(ws.path)
     if not path.is_file():
@@ -174,6 +174,13 @@ def load_component(path: Path | str) -> tuple[Any, Any, str]:
         raise WorkspaceError(f"workspace {path}: not a valid pyhf workspace ({str(err).splitlines()[0]})") from None
     lik = BinnedLikelihood.from_spec(spec)
     return lik, lik.observed(spec), str(path)
+
+
+def is_hsbi_workspace(path: Path | str) -> bool:
+    """Whether ``path`` is an hsbi workspace (a directory, or a JSON document with ``misc.hsbi``)
+    rather than a pyhf one."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and "hsbi" in _json(path).get("misc", {}))
 
 
 def _json(path: Path) -> dict:
@@ -197,7 +204,7 @@ def fit_combination(paths: Sequence[Path | str], levels: Sequence[float] | None 
 
     parts = [load_component(p) for p in paths]
     if levels is None or scan_points is None:
-        first = next((Path(p) for p in paths if Path(p).is_dir() or "hsbi" in _json(Path(p)).get("misc", {})), None)
+        first = next((Path(p) for p in paths if is_hsbi_workspace(p)), None)
         ws = load_workspace(first) if first is not None else None
         levels = levels or (ws.levels if ws else (0.6827, 0.95))
         scan_points = scan_points or (ws.scan_points if ws else 41)

@@ -265,7 +265,7 @@ def export_workspace(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members:
 def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequence[tuple[Mapping, object]],
                 fit_result: Mapping, out, bins: int, log: Callable[[str], None] = print) -> dict:
     """Binned NSBI of the declared model as a pyhf workspace in ``out``
-    (``pyhf_workspace.json``): per channel ``bins`` bins of the learned log odds of the processes
+    (``pyhf_workspace.json``, and the same in HS3's layout, ``hs3_workspace.json``): per channel ``bins`` bins of the learned log odds of the processes
     carrying the POI against the others (:func:`hsbi.inference.binned.log_odds`, from the
     nominal ratio networks), the processes' nominal MC (all splits) with ``staterror``, normsys
     kappas, the normplusshape variations' samples as ``normsys`` + ``histosys``, ``lumi``, and the
@@ -278,6 +278,7 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
     from hsbi.inference.binned import (
         BinnedLikelihood,
         binned_spec,
+        hs3_spec,
         log_odds,
         nsbi_channel,
         pyhf_fit,
@@ -322,6 +323,8 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
     pyhf.Workspace(spec)  # pyhf's JSON schema
     out.mkdir(parents=True, exist_ok=True)
     (out / "pyhf_workspace.json").write_text(json.dumps(spec, indent=1) + "\n")
+    (out / "hs3_workspace.json").write_text(json.dumps(hs3_spec(spec, {ch.name: ch.edges for ch in channels}),
+                                                       indent=1) + "\n")
     binned = BinnedLikelihood.from_spec(spec)
     bdata = binned.observed(spec)
     best = fit(binned, bdata)

@@ -61,6 +61,9 @@ def test_control_region_constrains_its_normalisation_and_narrows_mu(files: tuple
     both = json.loads(proc.stdout)
     alone_sr = fit_combination([sr], log=lambda _: None)
     alone_cr = fit_combination([cr], levels=(0.6827, 0.95), scan_points=21, log=lambda _: None)
+    proc = fit_only(cr, "--json", "--quiet")  # a pyhf workspace alone: hsbi's binned fit of it
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["best_fit"]["norm_1"] == pytest.approx(alone_cr["best_fit"]["norm_1"], abs=1e-9)
     # one parameter per name: mu, lumi and norm_1 shared, the CR's 3 staterror gammas its own
     assert both["parameters"][0] == "mu" and len(both["parameters"]) == len(alone_sr["parameters"]) + 3
     assert both["valid"] and alone_sr["valid"] and alone_cr["valid"]

@@ -98,6 +98,8 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
     import pyhf
 
     pyhf.Workspace(json.loads((binned_dir / "pyhf_workspace.json").read_text()))
+    hs3 = json.loads((binned_dir / "hs3_workspace.json").read_text())
+    assert [d["type"] for d in hs3["distributions"]] == ["histfactory_dist", "gaussian_dist"]
     # the Neyman belt of the same model (networks and fit reused): 3 points, 12 toys each
     belt_set = FAST + ",inference.neyman.points=3,inference.neyman.toys=12"
     proc = run_law(tmp_path / "store", "ConfidenceBelt", "--config", str(config), "--set", belt_set, *SYNC,
