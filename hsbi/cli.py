@@ -136,6 +136,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        from hsbi.plotting.statmodel import plot_fit
+
+        plot_fit(out, result)  # pulls.png, scan.png, correlation.png
     print(json.dumps(result, indent=1) if args.json else "\n".join(_format_fit(result)))
     return 0 if result["valid"] else 1
 
@@ -170,7 +173,8 @@ def _parser() -> argparse.ArgumentParser:
                          "stack; several are combined, parameters shared by name")
     fit.add_argument("workspace", nargs="+", help="an hsbi workspace (directory or workspace.json) or a pyhf "
                      "workspace JSON; several: their combination")
-    fit.add_argument("--out", default=None, help="also write result.json into this directory")
+    fit.add_argument("--out", default=None, help="also write result.json, pulls.png, scan.png and correlation.png "
+                     "into this directory")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     fit.set_defaults(fn=cmd_fit, needs_store=False)

@@ -202,7 +202,8 @@ class ExportPyhf(HSBITask):
     log odds of signal against background, the MC templates with normsys, histosys (from the
     variation samples), staterror and lumi, and the observed data as a pyhf workspace
     (pyhf_workspace.json, schema-validated; hs3_workspace.json the same in HS3's layout); pyhf's fit and hsbi's own binned fit of it beside the
-    unbinned interval (binned.json)."""
+    unbinned interval (binned.json; binned.png: the templates with the data, t(mu) binned and
+    unbinned)."""
 
     config_sections = FitDeclaredModel.config_sections
     ignored_keys = FitDeclaredModel.ignored_keys
@@ -221,6 +222,7 @@ class ExportPyhf(HSBITask):
 
     def run(self) -> None:
         from hsbi.inference.declared import export_pyhf
+        from hsbi.plotting.statmodel import plot_binned
 
         reqs = self.requires()
         members = [(b.branch_data, b.artifact().path) for b in reqs["networks"].get_branch_tasks().values()]
@@ -229,6 +231,8 @@ class ExportPyhf(HSBITask):
                                     reqs["fit"].artifact().json("result.json"), out, int(self.bins),
                                     log=self.publish_message)
             (out / "binned.json").write_text(json.dumps(summary, indent=1) + "\n")
+            plot_binned(out / "binned.png", json.loads((out / "pyhf_workspace.json").read_text()), summary["edges"],
+                        summary, reqs["fit"].artifact().json("result.json")["scan"])
         self.publish_message("binned: " + ", ".join(
             f"{k}%: pyhf [{v[0]:.4g}, {v[1]:.4g}], unbinned/binned width {summary['width_ratio'].get(k, float('nan')):.3f}"
             for k, v in summary["pyhf"]["intervals"].items()))

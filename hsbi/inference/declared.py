@@ -283,7 +283,7 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
         nsbi_channel,
         pyhf_fit,
     )
-    from hsbi.inference.fitting import fit, level_key, profile_interval
+    from hsbi.inference.fitting import fit, level_key, profile_interval, profile_scan
 
     lik, evaluators, store, _, _ = prepare(cfg, dirs, members)
     model = lik.model
@@ -335,6 +335,12 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
         ref = pyhf_fit(spec, level=level)  # pyhf's own fit and interval (its best fit the same at every level)
         theirs[level_key(level)] = ref["interval"]
     unbinned = fit_result["intervals"]["minos"]
+    # the binned t(mu) over both intervals (the unbinned scan beside it has its own grid)
+    edges_all = [e for iv in (*ours.values(), *unbinned.values()) for e in iv]
+    pad = 0.15 * (max(edges_all) - min(edges_all))
+    bounds = binned.model.parameters[binned.model.poi_index].bounds
+    grid = np.linspace(max(bounds[0], min(edges_all) - pad), min(bounds[1], max(edges_all) + pad), 41)
+    scan = profile_scan(binned, bdata, grid, best)
     width = lambda iv: iv[1] - iv[0]
     return {
         "poi": poi, "bins": bins, "interpcodes": ["code4", "code4p"],
@@ -346,6 +352,7 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
                        "edges": max(abs(a - b) for k in ours for a, b in zip(ours[k], theirs[k]))},
         "unbinned": {"best_fit": fit_result["best_fit"][poi], "intervals": unbinned},
         "width_ratio": {k: width(unbinned[k]) / width(ours[k]) for k in ours if k in unbinned},
+        "scan": {"values": scan.values.tolist(), "t": scan.t.tolist()},
     }
 
 

@@ -50,6 +50,7 @@ def test_fit_only_path_reproduces_the_fit_without_torch(exported: tuple[dict, Pa
     assert "HEAVY []" in proc.stderr
     again = json.loads(proc.stdout)
     assert again == json.loads((tmp_path / "result.json").read_text())
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("pulls", "scan", "correlation"))
     assert again["parameters"] == result["parameters"] and again["valid"]
     # the figure: the interval to 1e-6 relative (measured: identical bit for bit, the
     # same fused kernels on the same float64 arrays)

@@ -95,6 +95,7 @@ def test_declared_model_runs_end_to_end(tmp_path: Path) -> None:
     assert binned["bins"] == 6 and len(binned["edges"]["SR"]) == 7
     assert binned["difference"]["best_fit"] < 1e-4 and binned["difference"]["edges"] < 1e-4, binned["difference"]
     assert binned["unbinned"]["intervals"] == result["intervals"]["minos"]
+    assert len(binned["scan"]["t"]) == 41 and (binned_dir / "binned.png").stat().st_size > 0
     import pyhf
 
     pyhf.Workspace(json.loads((binned_dir / "pyhf_workspace.json").read_text()))
