@@ -582,7 +582,8 @@ def _parameters(sets: Mapping, meas: Mapping, relerr: Mapping[str, np.ndarray]
 
 def pyhf_fit(spec: Mapping, interpcodes: tuple[str, str] = ("code4", "code4p"), level: float = 0.6827,
              measurement: str | None = None) -> dict:
-    """pyhf's maximum-likelihood fit (numpy backend, MINUIT) of ``spec``'s observations and the
+    """pyhf's maximum-likelihood fit (numpy backend; MINUIT, and SLSQP from the same inits, the
+    lower minimum kept, MINUIT's errors from there) of ``spec``'s observations and the
     profile-likelihood interval of the POI at ``level`` (crossings of ``2 Delta NLL`` with the
     chi2_1 quantile by brentq on pyhf's conditional fits): ``{"best_fit": {name: value},
     "uncertainties": {name: error}, "interval": [lo, hi], "twice_nll_min": float}``."""
@@ -606,6 +607,19 @@ def _pyhf_fit(pyhf: ModuleType, spec: Mapping, interpcodes: tuple[str, str], lev
         "normsys": {"interpcode": interpcodes[0]}, "histosys": {"interpcode": interpcodes[1]}})
     data = ws.data(model)
     fitted, twice_min = pyhf.infer.mle.fit(data, model, return_uncertainties=True, return_fitted_val=True)
+    # a second minimiser of pyhf's from the same inits: where the NLL has more than one minimum
+    # (several histosys NPs at tens of bins) MINUIT may stop in a higher one; the lower stands
+    minuit = pyhf.get_backend()[1]
+    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer())
+    try:
+        other, other_min = pyhf.infer.mle.fit(data, model, return_fitted_val=True)
+    finally:
+        pyhf.set_backend("numpy", minuit)
+    minimiser = "minuit"
+    if float(other_min) < float(twice_min) - 1e-6:  # MINUIT again from there, for its errors
+        fitted, twice_min = pyhf.infer.mle.fit(data, model, init_pars=np.asarray(other).tolist(),
+                                               return_uncertainties=True, return_fitted_val=True)
+        minimiser = "minuit from scipy's minimum"
     best, errors, i = fitted[:, 0], fitted[:, 1], model.config.poi_index
     threshold = float(stats.chi2.ppf(level, 1))
 
@@ -628,4 +642,4 @@ def _pyhf_fit(pyhf: ModuleType, spec: Mapping, interpcodes: tuple[str, str], lev
 
     names = model.config.par_names
     return {"best_fit": dict(zip(names, best.tolist())), "uncertainties": dict(zip(names, errors.tolist())),
-            "interval": [edge(-1.0), edge(1.0)], "twice_nll_min": float(twice_min)}
+            "interval": [edge(-1.0), edge(1.0)], "twice_nll_min": float(twice_min), "minimiser": minimiser}
