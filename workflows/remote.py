@@ -166,6 +166,12 @@ class HSBIRemoteWorkflow(law.slurm.SlurmWorkflow, law.htcondor.HTCondorWorkflow)
         significant=False,
         description="CPUs requested per batch job; default: [hsbi_jobs] cpus",
     )
+    job_gpus = luigi.IntParameter(
+        default=_NO_INT,
+        significant=False,
+        description="GPUs requested per batch job (SLURM --gres=gpu:N, HTCondor request_gpus); default: "
+        "[hsbi_jobs] gpus (0: none)",
+    )
     job_memory = luigi.Parameter(
         default=_NO_STR,
         significant=False,
@@ -239,12 +245,14 @@ class HSBIRemoteWorkflow(law.slurm.SlurmWorkflow, law.htcondor.HTCondorWorkflow)
         return value
 
     def job_resources(self) -> dict[str, Any]:
-        """cpus (int), memory_mb (int), walltime_s (int) and accounts, from params and law.cfg."""
-        cpus, memory, walltime = (
-            self._resource(n) for n in ("job_cpus", "job_memory", "job_walltime")
+        """cpus (int), gpus (int), memory_mb (int), walltime_s (int) and accounts, from params and
+        law.cfg."""
+        cpus, memory, walltime, gpus = (
+            self._resource(n) for n in ("job_cpus", "job_memory", "job_walltime", "job_gpus")
         )
         return {
             "cpus": int(cpus) if cpus not in (None, "") else None,
+            "gpus": int(gpus) if gpus not in (None, "") else 0,
             "memory_mb": _memory_mb(memory) if memory else None,
             "walltime_s": _seconds(walltime) if walltime else None,
             "slurm_account": self._resource("slurm_account", "slurm_account"),
@@ -403,6 +411,8 @@ class HSBIRemoteWorkflow(law.slurm.SlurmWorkflow, law.htcondor.HTCondorWorkflow)
         res = self.job_resources()
         if res["cpus"]:
             config.custom_content.append(("cpus-per-task", res["cpus"]))
+        if res["gpus"]:
+            config.custom_content.append(("gres", f"gpu:{res['gpus']}"))
         if res["memory_mb"]:
             config.custom_content.append(("mem", f"{res['memory_mb']}M"))
         if res["walltime_s"]:
@@ -441,6 +451,8 @@ class HSBIRemoteWorkflow(law.slurm.SlurmWorkflow, law.htcondor.HTCondorWorkflow)
         res = self.job_resources()
         if res["cpus"]:
             config.custom_content.append(("request_cpus", res["cpus"]))
+        if res["gpus"]:
+            config.custom_content.append(("request_gpus", res["gpus"]))
         if res["memory_mb"]:
             config.custom_content.append(("request_memory", res["memory_mb"]))
         if res["walltime_s"]:

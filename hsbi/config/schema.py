@@ -36,6 +36,9 @@ COMBINE_METHODS = ("mean", "median", "weighted")
 CALIBRATIONS = ("none", "temperature", "isotonic")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")
 LOGGERS = ("csv", "tensorboard", "mlflow", "none")
+ACCELERATORS = ("cpu", "gpu", "auto")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+CLIP_ALGORITHMS = ("norm", "value")
 
 
 def _require(ok: bool, key: str, value: object, expected: str) -> None:
@@ -136,8 +139,23 @@ class TrainingConfig:
     nodes: int = 1  # > 1 only in a SLURM job step of devices x nodes tasks (srun)
     strategy: str = "auto"  # auto | ddp | ddp_spawn (spawned processes) | ddp_fork
     logger: str = "csv"  # csv | tensorboard | mlflow | none
+    accelerator: str = "cpu"  # cpu | gpu | auto (a GPU where torch sees one)
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (GPU only; a gradient scaler)
+    gradient_clip_val: float = 0.0  # > 0: clip the gradients to it (after DDP's all-reduce, AMP's unscaling)
+    gradient_clip_algorithm: str = "norm"  # norm | value
 
     def __post_init__(self) -> None:
+        if str(self.precision) in ("32", "32-true"):  # YAML's unquoted 32 is an int; Lightning's name
+            object.__setattr__(self, "precision", "32")
+        _require(self.accelerator in ACCELERATORS, "training.accelerator", self.accelerator, f"one of {ACCELERATORS}")
+        _require(self.precision in PRECISIONS, "training.precision", self.precision, f"one of {PRECISIONS}")
+        _require(not (self.precision == "16-mixed" and self.accelerator == "cpu"), "training.precision",
+                 self.precision, "32 or bf16-mixed with training.accelerator cpu (float16 mixed precision needs "
+                 "a GPU: accelerator gpu or auto)")
+        _require(isinstance(self.gradient_clip_val, (int, float)) and self.gradient_clip_val >= 0,
+                 "training.gradient_clip_val", self.gradient_clip_val, "a number >= 0 (0: no clipping)")
+        _require(self.gradient_clip_algorithm in CLIP_ALGORITHMS, "training.gradient_clip_algorithm",
+                 self.gradient_clip_algorithm, f"one of {CLIP_ALGORITHMS}")
         _require(self.members >= 1, "training.members", self.members, "an integer >= 1")
         _require(self.folds >= 1, "training.folds", self.folds, "an integer >= 1")
         _require(self.devices >= 1, "training.devices", self.devices, "an integer >= 1 (processes per node)")

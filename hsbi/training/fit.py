@@ -1,5 +1,13 @@
 """Fitting hsbi's estimators with a Lightning Trainer: the shared module (several optimiser steps
-per Lightning step), the per-epoch report, loggers, and single- or multi-process (DDP) CPU runs.
+per Lightning step), the per-epoch report, loggers, and single- or multi-process (DDP) runs on
+CPU or GPU (``training.accelerator``), in full or mixed precision (``training.precision``), with
+optional gradient clipping (``training.gradient_clip_val``).
+
+In full precision without clipping the module steps the torch optimiser directly (Lightning's
+per-step hooks cost as much as a small MLP's step). Otherwise every step goes through Lightning:
+``manual_backward`` (the precision plugin scales the loss for 16-mixed; DDP all-reduces), the
+plugin's optimiser step (AMP's unscaling, then ``on_before_optimizer_step``, where the gradients
+are clipped, then the scaler's step and update), the forward in the plugin's autocast context.
 
 Distributed training (``training.devices > 1`` or ``training.nodes > 1``) uses DDP over gloo
 on CPU. Lightning's default ``ddp`` launcher re-executes ``sys.argv`` for every extra process,
@@ -42,7 +50,7 @@ from torch import nn
 from hsbi.config import TrainingConfig
 from hsbi.exceptions import ConfigError, FitError
 
-__all__ = ["STEPS_PER_CALL", "EstimatorModule", "check_logger", "fit_per_process", "make_trainer",
+__all__ = ["STEPS_PER_CALL", "EstimatorModule", "accelerator_for", "check_logger", "fit_per_process", "make_trainer",
            "strategy_for"]
 
 #: Optimiser steps per Lightning training step (mini-batches per block of the batch loader):
@@ -87,21 +95,39 @@ class EstimatorModule(L.LightningModule):
         raise NotImplementedError
 
     def _accumulate(self, stage: str, loss: torch.Tensor, rows: int) -> None:
-        total = self._sums.setdefault(stage, [torch.zeros(()), 0])
-        total[0] = total[0] + loss.detach() * rows
+        total = self._sums.setdefault(stage, [torch.zeros((), device=loss.device), 0])
+        total[0] = total[0] + loss.detach().float() * rows
         total[1] += rows
 
     def _log_epoch(self, stage: str) -> None:
         total = self._sums.pop(stage, None)
         if total is None:
             return
-        sums = torch.stack([total[0], torch.tensor(float(total[1]))])
+        sums = torch.stack([total[0], torch.tensor(float(total[1]), device=total[0].device)])
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         self.log(f"{stage}_loss", sums[0] / sums[1])
         if stage == "train":
             self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
 
+    @property
+    def _plain(self) -> bool:
+        """Full precision and no clipping: the optimiser is stepped directly (the fast path)."""
+        return self.cfg.precision == "32" and self.cfg.gradient_clip_val == 0
+
     def training_step(self, block, batch_idx):  # noqa: ANN001, ANN201
+        if not self._plain:
+            # through Lightning: the backward by the precision plugin (the loss scaled for
+            # 16-mixed) and the strategy (DDP's all-reduce), the step by the plugin (unscaling,
+            # then on_before_optimizer_step clips, then the scaler's step and update); the
+            # forward runs in the plugin's autocast context (Lightning's training_step wrapper)
+            opt = self.optimizers()
+            for batch in block:
+                loss = self.loss_of(batch)
+                self._accumulate("train", loss, len(batch[0]))
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                opt.step()
+            return
         # straight on the torch optimiser: Lightning's per-call hooks (on_before/after_backward,
         # on_before_optimizer_step) would cost as much as a small MLP's step. Under DDP the
         # backward goes through Lightning, which prepares the gradients' all-reduce (averaging).
@@ -113,6 +139,13 @@ class EstimatorModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             backward(loss)
             opt.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # called by the precision plugin's step after AMP's unscaling (so the clip sees the true
+        # gradients) and after DDP's all-reduce (every process clips the same averaged gradients)
+        if self.cfg.gradient_clip_val > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.gradient_clip_val,
+                                gradient_clip_algorithm=self.cfg.gradient_clip_algorithm)
 
     def validation_step(self, block, batch_idx):  # noqa: ANN001, ANN201
         for batch in block:
@@ -128,9 +161,13 @@ class EstimatorModule(L.LightningModule):
         self.lr_schedulers().step()
 
     def configure_optimizers(self):  # noqa: ANN201
+        # fused Adam unscales inside its step, and Lightning's mixed-precision plugins refuse to
+        # clip the gradients of such an optimiser (they would be clipped scaled): with mixed
+        # precision and clipping the step is not fused
+        fused = not (self.cfg.precision != "32" and self.cfg.gradient_clip_val > 0)
         opt = torch.optim.Adam(
             self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay,
-            fused=True,
+            fused=fused,
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
         return [opt], [sched]
@@ -209,14 +246,31 @@ def _logger(training: TrainingConfig, log_dir: Path | None, label: str, proc: st
     )
 
 
+def accelerator_for(training: TrainingConfig) -> str:
+    """``cpu`` or ``gpu``: ``training.accelerator``, ``auto`` resolved by what torch sees. A GPU
+    asked for where none is visible, or 16-mixed without one, is a one-line ConfigError."""
+    gpu = torch.cuda.is_available()
+    if training.accelerator == "gpu" and not gpu:
+        raise ConfigError("config key 'training.accelerator' = 'gpu': no GPU is visible to this process "
+                          "(torch.cuda.is_available() is False); expected cpu or auto here, or a GPU node "
+                          "([hsbi_jobs] gpus for batch jobs)")
+    resolved = "gpu" if training.accelerator == "gpu" or (training.accelerator == "auto" and gpu) else "cpu"
+    if training.precision == "16-mixed" and resolved == "cpu":
+        raise ConfigError("config key 'training.precision' = '16-mixed': float16 mixed precision needs a GPU and "
+                          "none is visible; expected 32 or bf16-mixed on CPU")
+    return resolved
+
+
 def strategy_for(training: TrainingConfig) -> Any:
-    """``auto`` for one process; otherwise DDP over gloo, launched as the module docstring says."""
+    """``auto`` for one process; otherwise DDP over gloo (nccl on GPUs), launched as the module
+    docstring says."""
     world = training.devices * training.nodes
     if world == 1:
         return "auto"
+    backend = "nccl" if accelerator_for(training) == "gpu" else "gloo"
     if SLURMEnvironment.detect() and int(os.environ["SLURM_NTASKS"]) == world:
         return DDPStrategy(cluster_environment=SLURMEnvironment(), start_method="popen",
-                           process_group_backend="gloo")
+                           process_group_backend=backend)
     if training.nodes > 1:
         raise ConfigError(
             f"config key 'training.nodes' = {training.nodes}: expected 1 outside a SLURM job step "
@@ -224,14 +278,16 @@ def strategy_for(training: TrainingConfig) -> Any:
             f"--ntasks-per-node {training.devices})"
         )
     return DDPStrategy(cluster_environment=LightningEnvironment(),
-                       start_method=START_METHODS[training.strategy], process_group_backend="gloo")
+                       start_method=START_METHODS[training.strategy], process_group_backend=backend)
 
 
 def make_trainer(training: TrainingConfig, callbacks: list[L.Callback], logger: Any = False) -> L.Trainer:
-    """A quiet CPU Trainer for ``training.max_epochs`` on ``training.devices`` processes per node."""
+    """A quiet Trainer for ``training.max_epochs`` on ``training.devices`` processes (CPU) or
+    GPUs per node, in ``training.precision``."""
     return L.Trainer(
         max_epochs=training.max_epochs,
-        accelerator="cpu",
+        accelerator=accelerator_for(training),
+        precision=training.precision if training.precision != "32" else "32-true",
         devices=training.devices,
         num_nodes=training.nodes,
         strategy=strategy_for(training),
@@ -278,6 +334,6 @@ def fit_per_process(
                 {"history": report.history, "error": report.error}
         if result["error"]:
             raise FitError(result["error"])
-        nets[proc] = net.eval()
+        nets[proc] = net.cpu().eval()  # from a GPU back to the host: evaluation and saving run there
         history[proc] = result["history"]
     return nets, history
