@@ -127,6 +127,20 @@ def test_slurm_dag_same_addresses(slurm_cluster, batch_dir, local_addresses, bat
     assert states.count("COMPLETED") >= 5, states
 
 
+def test_slurm_bundled_branches_same_addresses(slurm_cluster, batch_dir, local_addresses, batch_timings):
+    """law's job bundling (``--tasks-per-job``): the 2 training and 3 toy branches as one job
+    each (a workflow of 1,000 branches becomes a few dozen jobs), the same artifacts."""
+    store = batch_dir / "store-slurm-bundled"
+    args = [*remote_args("slurm"), *(a for task in WORKFLOW_TASKS for a in (f"--{task}-tasks-per-job", "3"))]
+    start = time.monotonic()
+    run = law("InferProfileLikelihood", "--config", TINY, *args, store=store, batch_dir=batch_dir / "bundled",
+              cluster=slurm_cluster)
+    batch_timings["slurm DAG run, branches bundled (1 training + 1 toy job)"] = time.monotonic() - start
+    assert run.returncode == 0, run.stdout[-3000:] + _first_failed_log(run.stdout)
+    assert run.stdout.count("submitted 1 slurm job(s)") == 2, run.stdout[-3000:]
+    assert addresses(store) == local_addresses
+
+
 def test_slurm_failure_retry_report_resume_cancel(slurm_cluster, batch_dir, batch_timings):
     store = batch_dir / "store-slurm-fail"
     kw = {"store": store, "batch_dir": batch_dir, "cluster": slurm_cluster}
