@@ -95,6 +95,10 @@ class SampleStore:
         nominal, ratios = {}, {}
         for c, ch in enumerate(self.cfg.statmodel.channels):
             for p, proc in enumerate(ch.processes):
+                for mod in (None, *proc.modifiers):
+                    names = proc.samples if mod is None else (*mod.down, *mod.up)
+                    for name in names:  # signed (NLO) weights are fine; a sample of negative ones is not
+                        self.check_weights(name, ch.features)
                 nom = nominal[(ch.name, proc.name)] = self.process(ch, proc, None).total
                 for m, mod in enumerate(proc.modifiers):
                     if mod.type != "normplusshape":
@@ -103,6 +107,16 @@ class SampleStore:
                     down, up = (self.variation(ch, proc, mod, side, None).total for side in ("down", "up"))
                     ratios[(ch.name, proc.name, mod.name)] = (down / nom if nom else 1.0, up / nom if nom else 1.0)
         return nominal, ratios
+
+    def check_weights(self, sample: str, features: Sequence[str]) -> None:
+        """A sample's events (all splits) must not all have negative weights: signed weights are
+        valid where some are positive, a sample of only negative ones is a sign error (a sample
+        of zero weights is the process's yield check's to report)."""
+        w = np.concatenate([self.read(sample, sp, features).w for sp in SPLITS])
+        if len(w) and (w < 0).all():
+            raise DataError(f"statmodel sample {sample!r}: all {len(w)} event weights are negative (sum "
+                            f"{w.sum():g}); expected a sample with positive weights (negative ones among them are "
+                            "fine, e.g. NLO events)")
 
     def check_alignment(self, proc: ProcessConfig, mod: ModifierConfig, key: str) -> None:
         """Event-aligned variations (config ``key`` of ``mod``) hold the nominal's events: as many

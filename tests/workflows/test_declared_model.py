@@ -185,6 +185,11 @@ def _zero_weights(samples: Path, cfg: dict) -> None:
     next(s for s in cfg["samples"] if s["name"] == "bkg2")["weight"] = "0 * w"
 
 
+def _negative_weights(samples: Path, cfg: dict) -> None:
+    """The signal sample's weights all negative (a sign error)."""
+    next(s for s in cfg["samples"] if s["name"] == "signal")["weight"] = "-1 * w"
+
+
 def _empty_data(samples: Path) -> None:
     """The data sample has no events."""
     path = samples / "data.parquet"
@@ -211,6 +216,8 @@ def test_empty_data_stops_before_training(tmp_path: Path) -> None:
     pytest.param(_zero_weights, "hsbi: error: CheckDeclaredSamples: config key 'statmodel.channels[0].processes[2]' "
                  "(bkg2): the process's expected yield (the sum of its samples' normalised weights) is 0 in every "
                  "channel; expected a positive yield in at least one channel", id="zero-yield-process"),
+    pytest.param(_negative_weights, "hsbi: error: CheckDeclaredSamples: statmodel sample 'signal': all ",
+                 id="all-negative-weights"),
 ])
 def test_bad_samples_stop_before_training(tmp_path: Path, edit: Callable[[Path, dict], None], message: str) -> None:
     """What only the ingested samples show is one error line of CheckDeclaredSamples, before
