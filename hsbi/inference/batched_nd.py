@@ -398,7 +398,7 @@ class SurrogateLikelihood:
                   *(Parameter(f"u{p}", "nuisance", (-1.0, 1.0), 0.0) for p in range(toys.n_nuisances)))
         return cls(MixtureParameters(params))
 
-    def nll_grad_hess(self, data: _Chunk, theta: torch.Tensor, rows: np.ndarray | None = None,
+    def nll_grad_hess(self, data: _Chunk, theta: np.ndarray, rows: np.ndarray | None = None,
                       hessian: bool = True, reference: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         chunk = data if rows is None or np.array_equal(rows, np.arange(data.batch)) else data.take(rows)

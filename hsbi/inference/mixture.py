@@ -180,7 +180,7 @@ class MixtureLikelihood:
         h = max(STEP * (hi - lo), step or 0.0)
         return cls(MixtureParameters(params), extended, _float64(density), min(h, 0.25 * (hi - lo)))
 
-    def nll_grad_hess(self, data: MixtureData, theta: torch.Tensor, rows: np.ndarray | None = None,
+    def nll_grad_hess(self, data: MixtureData, theta: np.ndarray, rows: np.ndarray | None = None,
                       hessian: bool = True, reference: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = np.arange(data.batch) if rows is None else np.asarray(rows, dtype=np.int64)

@@ -13,9 +13,11 @@ Per channel and process ``c`` (``statistics.md``, HistFactory conventions):
 product over a fixed normalisation sample of nominal events of ``c`` (exact renormalisation of
 the product: correlated shape effects of several NPs on one feature stay normalised). The cost
 of one evaluation is linear in the number of NPs: ``n x C x S`` per dataset plus
-``n_norm x C x S`` for the normalisation. Everything is float64 torch, batched over datasets
-(toys) with zero-weight padding; :func:`nll` is the one function observed fits, scans, toys and
-coverage evaluate.
+``n_norm x C x S`` for the normalisation. Here the datasets are float64 torch, batched over
+datasets (toys) with zero-weight padding, and :func:`nll` is the NLL as tensor expressions (the
+reference); fits, scans, toys and coverage evaluate the same NLL with its analytic derivatives
+through the fused kernels (:class:`hsbi.inference.nll.DeclaredLikelihood`, numpy). The model's
+structure (:class:`StatModel`, :func:`compile_model`) lives in :mod:`hsbi.inference.model`.
 """
 
 from __future__ import annotations
