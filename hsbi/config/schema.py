@@ -8,6 +8,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from hsbi.config.device import check_device_keys
 from hsbi.config.samples import SampleConfig
 from hsbi.config.sets import SetsConfig
 from hsbi.config.statmodel import StatModelConfig
@@ -36,9 +37,6 @@ COMBINE_METHODS = ("mean", "median", "weighted")
 CALIBRATIONS = ("none", "temperature", "isotonic")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")
 LOGGERS = ("csv", "tensorboard", "mlflow", "none")
-ACCELERATORS = ("cpu", "gpu", "auto")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-CLIP_ALGORITHMS = ("norm", "value")
 
 
 def _require(ok: bool, key: str, value: object, expected: str) -> None:
@@ -145,17 +143,7 @@ class TrainingConfig:
     gradient_clip_algorithm: str = "norm"  # norm | value
 
     def __post_init__(self) -> None:
-        if str(self.precision) in ("32", "32-true"):  # YAML's unquoted 32 is an int; Lightning's name
-            object.__setattr__(self, "precision", "32")
-        _require(self.accelerator in ACCELERATORS, "training.accelerator", self.accelerator, f"one of {ACCELERATORS}")
-        _require(self.precision in PRECISIONS, "training.precision", self.precision, f"one of {PRECISIONS}")
-        _require(not (self.precision == "16-mixed" and self.accelerator == "cpu"), "training.precision",
-                 self.precision, "32 or bf16-mixed with training.accelerator cpu (float16 mixed precision needs "
-                 "a GPU: accelerator gpu or auto)")
-        _require(isinstance(self.gradient_clip_val, (int, float)) and self.gradient_clip_val >= 0,
-                 "training.gradient_clip_val", self.gradient_clip_val, "a number >= 0 (0: no clipping)")
-        _require(self.gradient_clip_algorithm in CLIP_ALGORITHMS, "training.gradient_clip_algorithm",
-                 self.gradient_clip_algorithm, f"one of {CLIP_ALGORITHMS}")
+        check_device_keys(self)
         _require(self.members >= 1, "training.members", self.members, "an integer >= 1")
         _require(self.folds >= 1, "training.folds", self.folds, "an integer >= 1")
         _require(self.devices >= 1, "training.devices", self.devices, "an integer >= 1 (processes per node)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hsbi.config.device import check_device_keys
 from hsbi.exceptions import ConfigError
 from hsbi.models.bump_hunt import SET_MODELS, SetModel
 
@@ -37,8 +38,13 @@ class SetTrainingConfig:
     strategy: str = "auto"
     logger: str = "none"
     threads: int = 0  # torch intra-op threads while training (0: torch's default)
+    accelerator: str = "cpu"  # as training.accelerator, precision and gradient clipping
+    precision: str = "32"
+    gradient_clip_val: float = 0.0
+    gradient_clip_algorithm: str = "norm"
 
     def __post_init__(self) -> None:
+        check_device_keys(self, "sets.training")
         _require(self.threads >= 0, "training.threads", self.threads, "an integer >= 0 (0: torch's default)")
         for key in ("max_epochs", "batch_size", "devices", "nodes"):
             _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), "an integer >= 1")
