@@ -39,6 +39,7 @@ from hsbi.inference.statmodel import (
     StatModel,
     code4_log_terms,
     code4_shared_terms,
+    signed_log_sum,
 )
 
 __all__ = ["nll_grad", "nll_grad_hess"]
@@ -55,9 +56,7 @@ def _norm_terms(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor, P: i
         zero = torch.zeros(B, C, P, P, dtype=DTYPE) if hessian else None
         return torch.zeros(B, C, dtype=DTYPE), torch.zeros(B, C, P, dtype=DTYPE), zero
     L, dL, d2L = code4_shared_terms(theta[:, ch.shape_index], norm.lo, norm.hi, norm.coef)  # (B, C, n, S)
-    logs = L.sum(-1) + torch.log(norm.v.clamp_min(1e-300)) + torch.where(norm.v > 0, 0.0, -torch.inf)
-    log_norm = torch.logsumexp(logs, dim=-1)
-    pi = torch.exp(logs - log_norm[..., None])  # (B, C, n)
+    log_norm, pi = signed_log_sum(L.sum(-1), norm.v)  # (B, C), (B, C, n): signed where v is
     mean = torch.einsum("bcn,bcns->bcs", pi, dL)
     J = torch.zeros(B, C, P, dtype=DTYPE)
     J[:, :, ch.shape_index] = mean

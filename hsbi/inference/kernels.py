@@ -102,9 +102,10 @@ def _shape_terms(alpha, lo, hi, coef, own_c, k, d1, d2):
 
 
 @nb.njit(cache=True, inline="always")
-def _norm_log(alpha_b, logv_c, lo_c, hi_c, coef_c, own_c, k, hessian, d1, d2, a1, ad2, a2):
+def _norm_log(alpha_b, v_c, logv_c, lo_c, hi_c, coef_c, own_c, k, hessian, d1, d2, a1, ad2, a2):
     """The sums of :func:`norm_sums` for one dataset and process in log space, relative to
-    ``exp(top)`` (running maximum): for the rare sample whose linear sums under- or overflow.
+    ``exp(top)`` (running maximum of the terms' magnitudes; ``logv_c`` is ``log |v|``, the sign
+    of a signed weight is ``v_c``'s): for the rare sample whose linear sums under- or overflow.
     Returns ``(z, top)``."""
     n = logv_c.shape[0]
     z, top = 0.0, -np.inf
@@ -126,7 +127,7 @@ def _norm_log(alpha_b, logv_c, lo_c, hi_c, coef_c, own_c, k, hessian, d1, d2, a1
                     for l in range(j + 1):
                         a2[j, l] *= scale
             top = lg
-        e = math.exp(lg - top)
+        e = math.exp(lg - top) if v_c[i] > 0 else -math.exp(lg - top)
         z += e
         for j in range(k):
             ej = e * d1[j]
@@ -372,7 +373,8 @@ def norm_sums(alpha, v, logv, lo, hi, coef, lo_t, hi_t, coef_t, own, counts, hes
     """Over the normalisation sample: per dataset ``b`` (rows of ``alpha`` (B, S)) and process
     ``c``, ``log N_c`` (B, C), ``E_pi[dL]`` (B, C, S) and, with ``hessian``,
     ``Cov_pi(dL) + diag E_pi[d2L]`` (B, C, S, S), where ``pi`` is the sample weight ``v`` (C, n)
-    (``logv`` its log; 0 and -inf: padding) times the shape product, normalised.
+    (signed MC weights allowed; ``logv`` the log of its magnitude; 0 and -inf: padding) times
+    the shape product, normalised (a sum that is not positive gives NaN: the fit fails).
     ``lo``, ``hi`` (C, n, S), ``coef`` (C, n, S, 6), and the same over each process's own NPs
     (:func:`compact`). The sums run in linear space unless they under- or overflow there (or
     ``logspace``)."""
@@ -394,7 +396,8 @@ def norm_sums(alpha, v, logv, lo, hi, coef, lo_t, hi_t, coef_t, own, counts, hes
             z = _norm_linear(alpha[b], v[c], lo_t[c], hi_t[c], coef_t[c], own_c, k, hessian, a1, ad2, a2)
         if logspace or not _sane(z, a1, ad2, k):
             d1, d2 = np.empty(k), np.empty(k)
-            z, top = _norm_log(alpha[b], logv[c], lo[c], hi[c], coef[c], own_c, k, hessian, d1, d2, a1, ad2, a2)
+            z, top = _norm_log(alpha[b], v[c], logv[c], lo[c], hi[c], coef[c], own_c, k, hessian, d1, d2, a1, ad2,
+                               a2)
         log_norm[b, c] = top + math.log(z)
         for j in range(k):
             mean[b, c, own_c[j]] = a1[j] / z

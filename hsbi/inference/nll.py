@@ -160,7 +160,7 @@ class ArrayNormalisation(_KernelLayout):
         from hsbi.inference.kernels import compact
 
         v = np.ascontiguousarray(self.v, dtype=np.float64)
-        logv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), -np.inf)
+        logv = np.where(v != 0, np.log(np.where(v != 0, np.abs(v), 1.0)), -np.inf)  # signs stay in v
         lo, hi = (np.ascontiguousarray(a, dtype=np.float64) for a in (self.lo, self.hi))
         coef = np.ascontiguousarray(code4_coefficients(lo, hi))
         return (v, logv, lo, hi, coef, *compact(lo, hi, coef, own, counts))

@@ -48,6 +48,7 @@ __all__ = [
     "process_terms",
     "process_yields",
     "shape_log_norm",
+    "signed_log_sum",
 ]
 
 DTYPE = torch.float64
@@ -56,7 +57,7 @@ DTYPE = torch.float64
 @dataclass(frozen=True)
 class Normalisation:
     """A fixed sample of nominal events per process: ``v`` (C, n) weights summing to 1 per
-    process (0: padding), and the shape log ratios ``lo``, ``hi`` (C, n, S) there (0 where
+    process (0: padding; signed MC weights keep their sign), and the shape log ratios ``lo``, ``hi`` (C, n, S) there (0 where
     shape NP s does not act on process c: the fused kernels skip those entries)."""
 
     v: torch.Tensor
@@ -66,10 +67,10 @@ class Normalisation:
 
     @cached_property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """``v``, ``log v`` (-inf: padding), ``lo``, ``hi``, ``coef`` as contiguous numpy arrays
-        (the fused kernels' inputs)."""
+        """``v``, ``log |v|`` (-inf: padding), ``lo``, ``hi``, ``coef`` as contiguous numpy arrays
+        (the fused kernels' inputs; the signs of signed weights stay in ``v``)."""
         v = self.v.numpy()
-        logv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), -np.inf)
+        logv = np.where(v != 0, np.log(np.where(v != 0, np.abs(v), 1.0)), -np.inf)
         return tuple(np.ascontiguousarray(a) for a in (v, logv, self.lo.numpy(), self.hi.numpy(), self.coef.numpy()))
 
     @cached_property
@@ -252,14 +253,22 @@ def _shapes(ch: ChannelModel, theta: torch.Tensor, lo: torch.Tensor, hi: torch.T
     return _code4_log(a, lo, hi, coef).sum(-1)
 
 
+def signed_log_sum(logs: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log sum_i v_i exp(logs_i)`` over the last axis for signed weights ``v`` (0: padding) and
+    the normalised weights ``pi_i = v_i exp(logs_i) / sum`` (signed where ``v`` is): the
+    normalisation sample's sums, valid while the sum is positive (NaN otherwise)."""
+    m = torch.where(v != 0, logs, -math.inf).amax(-1, keepdim=True).clamp_min(-1e300)
+    e = v * torch.exp(torch.where(v != 0, logs - m, -math.inf))
+    z = e.sum(-1, keepdim=True)
+    return (m + torch.log(z)).squeeze(-1), e / z
+
+
 def shape_log_norm(ch: ChannelModel, norm: Normalisation, theta: torch.Tensor) -> torch.Tensor:
     """``log N_c(alpha)`` (B, C): the log mean shape product over the normalisation sample."""
     if len(ch.shape_index) == 0:
         return torch.zeros(theta.shape[0], len(ch.processes), dtype=DTYPE)
     (L,) = code4_shared_terms(theta[:, ch.shape_index], norm.lo, norm.hi, norm.coef, derivatives=False)
-    logs = L.sum(-1)  # (B, C, n)
-    return torch.logsumexp(logs + torch.log(norm.v.clamp_min(1e-300)) + torch.where(
-        norm.v > 0, 0.0, -math.inf), dim=-1)
+    return signed_log_sum(L.sum(-1), norm.v)[0]  # (B, C)
 
 
 def process_terms(ch: ChannelModel, events: ChannelEvents, theta: torch.Tensor,

@@ -53,18 +53,23 @@ class PoolChannel:
     events: ChannelEvents
     process: np.ndarray
     share: np.ndarray
+    #: (N,) the sign of each event's weight where the pool has negative weights (None: none)
+    sign: np.ndarray | None = None
 
     @classmethod
     def of(cls, weights: Sequence[np.ndarray], logp: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolChannel:
         """``weights`` per process (their events in that order, concatenated in ``logp`` (N, C)
-        and ``lo``/``hi`` (N, C, S)). Weights must be positive: signed weights are not supported
-        by the resampling yet."""
+        and ``lo``/``hi`` (N, C, S)). Signed weights (NLO MC) are resampled by their magnitude
+        with their signs kept (``share`` is ``|w|`` over its process's total ``|w|``); each
+        process's total weight must be positive."""
         process = np.concatenate([np.full(len(w), c) for c, w in enumerate(weights)])
         for c, w in enumerate(weights):
-            if len(w) and not (np.all(w > 0) and np.isfinite(w).all()):
-                raise ValueError(f"toy pool of process {c}: expected positive finite weights")
-        share = np.concatenate([w / w.sum() if len(w) else w for w in weights]).astype(float)
-        return cls(ChannelEvents.of(np.ones((1, len(process))), logp[None], lo[None], hi[None]), process, share)
+            if len(w) and not (np.isfinite(w).all() and w.sum() > 0):
+                raise ValueError(f"toy pool of process {c}: expected finite weights with a positive total")
+        w_all = np.concatenate([np.asarray(w, dtype=float) for w in weights]) if len(process) else np.zeros(0)
+        share = np.concatenate([np.abs(w) / np.abs(w).sum() if len(w) else w for w in weights]).astype(float)
+        sign = np.where(w_all < 0, -1.0, 1.0) if (w_all < 0).any() else None
+        return cls(ChannelEvents.of(np.ones((1, len(process))), logp[None], lo[None], hi[None]), process, share, sign)
 
 
 @dataclass(frozen=True)
@@ -111,10 +116,14 @@ def draw_events(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: n
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Pool indices (B, n_max) and weights (1, or 0 for padding) of one toy per row of ``theta``:
     Poisson counts of the model's yields, events of each process drawn with replacement with
-    probability ``share_i * prod_s I4(alpha_s; r^-(x_i), r^+(x_i))`` of its own shape NPs."""
+    probability ``share_i * prod_s I4(alpha_s; r^-(x_i), r^+(x_i))`` of its own shape NPs.
+
+    A pool with signed weights draws by the magnitudes and gives each event its weight's sign
+    (+-1), with counts of ``nu_c * sum |u| / sum u`` (``u`` the reweighted weights), so that the
+    toy's expected sum of weights is ``nu_c`` in every region."""
     B = theta.shape[0]
     F, logG = process_yields(ch, theta)
-    counts = rng.poisson((F * torch.exp(logG)).numpy())  # (B, C)
+    nu = (F * torch.exp(logG)).numpy()  # (B, C)
     if len(ch.shape_index):  # each event's own process's shape NPs, on the pool's kernel layout
         from hsbi.inference.kernels import pool_log_factors
 
@@ -124,6 +133,14 @@ def draw_events(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: n
                                 *pool.events.kernel_arrays(own, n_own)[2:])  # (B, N)
     else:
         logf = np.zeros((B, len(pool.process)))
+    if pool.sign is not None:  # magnitude over signed sum of the reweighted weights, per toy and process
+        for c in range(len(ch.processes)):
+            members = np.nonzero(pool.process == c)[0]
+            if len(members):
+                lp = logf[:, members] + np.log(pool.share[members])
+                u = np.exp(lp - lp.max(1, keepdims=True))
+                nu[:, c] *= u.sum(1) / (u * pool.sign[members]).sum(1)
+    counts = rng.poisson(nu)  # (B, C)
     idx = np.zeros((B, max(int(counts.sum(1).max()), 1)), dtype=np.int64)
     w = np.zeros(idx.shape)
     filled = np.zeros(B, dtype=np.int64)
@@ -136,7 +153,7 @@ def draw_events(ch: ChannelModel, pool: PoolChannel, theta: torch.Tensor, rng: n
             k, lp = counts[b, c], logf[b, members] + log_share
             p = np.exp(lp - lp.max())
             idx[b, filled[b]:filled[b] + k] = members[rng.choice(len(members), k, p=p / p.sum())]
-            w[b, filled[b]:filled[b] + k] = 1.0
+            w[b, filled[b]:filled[b] + k] = 1.0 if pool.sign is None else pool.sign[idx[b, filled[b]:filled[b] + k]]
             filled[b] += k
     return idx, w
 
