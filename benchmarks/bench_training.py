@@ -37,7 +37,7 @@ from hsbi.data import simulate_training_samples, training_arrays
 from hsbi.estimators import RatioNet
 from hsbi.training import train_lre_member
 from hsbi.training.data import batch_loader
-from hsbi.training.fit import STEPS_PER_CALL, make_trainer
+from hsbi.training.fit import STEPS_PER_CALL, fused_adam, make_trainer
 from hsbi.training.lre import ClassifierModule
 
 EPOCHS = 4
@@ -57,8 +57,7 @@ def raw_loop(inputs: torch.Tensor, target: torch.Tensor, cfg) -> float:
     torch.manual_seed(0)
     training = cfg.training
     net = RatioNet(2, cfg.estimator.widths, cfg.estimator.activation)
-    fused = not (training.precision != "32" and training.gradient_clip_val > 0)
-    opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate, fused=fused)
+    opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate, fused=fused_adam(training))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     bs = training.batch_size
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.precision == "bf16-mixed")

@@ -23,7 +23,7 @@ from hsbi.data import simulate_training_samples, training_arrays
 from hsbi.estimators import RatioNet
 from hsbi.training import train_lre_member
 from hsbi.training.data import batch_loader
-from hsbi.training.fit import STEPS_PER_CALL, make_trainer
+from hsbi.training.fit import STEPS_PER_CALL, fused_adam, make_trainer
 from hsbi.training.lre import ClassifierModule
 
 SETTINGS = (("32", 0.0), ("bf16-mixed", 0.0), ("bf16-mixed", 1.0), ("16-mixed", 1.0))
@@ -33,8 +33,7 @@ def raw_loop(inputs: torch.Tensor, target: torch.Tensor, cfg, training, epochs: 
     """Rows per second of plain torch on the GPU with ``training``'s precision and clipping."""
     torch.manual_seed(0)
     net = RatioNet(inputs.shape[1] - 1, cfg.estimator.widths, cfg.estimator.activation).cuda()
-    fused = not (training.precision != "32" and training.gradient_clip_val > 0)
-    opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate, fused=fused)
+    opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate, fused=fused_adam(training))
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(training.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=training.precision == "16-mixed")
     loss_fn, bs = torch.nn.BCEWithLogitsLoss(), training.batch_size

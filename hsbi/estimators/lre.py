@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from numba.extending import intrinsic
 from torch import nn
 
 from hsbi.estimators.io import Standardised, load_nets, save_nets
+from hsbi.numba_cache import ensure_cache_dir
 
 __all__ = ["LREEnsemble", "RatioNet", "load_members", "save_member"]
 
@@ -81,12 +80,7 @@ def load_members(paths: Sequence[Path]) -> LREEnsemble:
 # core here and cost as much as the matmuls.
 # ---------------------------------------------------------------------------------------------
 
-# numba caches beside this file, or in the user's cache directory where this one is read-only (as
-# hsbi.inference.kernels does; a user who can write neither gets a temporary directory)
-if not nb.config.CACHE_DIR and not os.access(os.path.dirname(__file__), os.W_OK):
-    _user_cache = os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.access(_user_cache if os.path.isdir(_user_cache) else os.path.expanduser("~"), os.W_OK):
-        nb.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"hsbi-numba-{os.getuid()}")
+ensure_cache_dir(__file__)  # numba's cache: beside this file, else a writable place
 
 _F32 = np.float32
 _L2E, _NL2E, _N2L2E = _F32(1.4426950408889634), _F32(-1.4426950408889634), _F32(-2.8853900817779268)

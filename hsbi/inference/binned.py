@@ -30,10 +30,11 @@ from functools import cached_property
 from types import ModuleType
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 from scipy.special import gammaln, xlogy
 
 from hsbi.exceptions import ConfigError, DataError, FitError
+from hsbi.inference.fitting import crossing_edges
 from hsbi.inference.model import Parameter, ParameterSpace
 from hsbi.models.interpolation import code4_coefficients
 
@@ -629,17 +630,7 @@ def _pyhf_fit(pyhf: ModuleType, spec: Mapping, interpcodes: tuple[str, str], lev
         return float(pyhf.infer.mle.fixed_poi_fit(mu, data, model, init_pars=start.tolist(),
                                                   return_fitted_val=True)[1]) - float(twice_min) - threshold
 
-    def edge(sign: float) -> float:
-        bound = model.config.suggested_bounds()[i][1 if sign > 0 else 0]
-        inner, step = best[i], max(errors[i], 1e-3)
-        while True:
-            outer = float(np.clip(best[i] + sign * step, *sorted((best[i], bound))))
-            if excess(outer) > 0:
-                return optimize.brentq(excess, *sorted((inner, outer)), xtol=1e-10, rtol=1e-12)
-            if outer == bound:
-                return float(bound)
-            inner, step = outer, 2 * step
-
+    interval = crossing_edges(excess, float(best[i]), float(errors[i]), model.config.suggested_bounds()[i])
     names = model.config.par_names
     return {"best_fit": dict(zip(names, best.tolist())), "uncertainties": dict(zip(names, errors.tolist())),
-            "interval": [edge(-1.0), edge(1.0)], "twice_nll_min": float(twice_min), "minimiser": minimiser}
+            "interval": list(interval), "twice_nll_min": float(twice_min), "minimiser": minimiser}

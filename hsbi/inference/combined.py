@@ -148,16 +148,17 @@ class CombinedLikelihood:
         return value, grad, hess
 
 
-def load_component(path: Path | str) -> tuple[Any, Any, str]:
-    """A workspace file as a component: ``(likelihood, dataset, label)``: an hsbi workspace (its
-    directory, or a JSON with ``misc.hsbi``) or a pyhf workspace JSON (validated against pyhf's
-    schema, fitted with hsbi's binned likelihood, code 4 / 4p)."""
+def load_component(path: Path | str) -> tuple[Any, Any, str, tuple[tuple[float, ...], int] | None]:
+    """A workspace file as a component: ``(likelihood, dataset, label, settings)``: an hsbi
+    workspace (its directory, or a JSON with ``misc.hsbi``; ``settings`` its levels and scan
+    points) or a pyhf workspace JSON (validated against pyhf's schema, fitted with hsbi's binned
+    likelihood, code 4 / 4p; no settings)."""
     from hsbi.inference.workspace import WorkspaceError, load_workspace
 
     path = Path(path)
     if is_hsbi_workspace(path):
         ws = load_workspace(path)
-        return ws.likelihood, ws.data, str(ws.path)
+        return ws.likelihood, ws.data, str(ws.path), (ws.levels, ws.scan_points)
     if not path.is_file():
         raise WorkspaceError(f"workspace {path}: no such file or directory")
     spec = _json(path)
@@ -173,7 +174,7 @@ def load_component(path: Path | str) -> tuple[Any, Any, str]:
     except pyhf.exceptions.InvalidSpecification as err:
         raise WorkspaceError(f"workspace {path}: not a valid pyhf workspace ({str(err).splitlines()[0]})") from None
     lik = BinnedLikelihood.from_spec(spec)
-    return lik, lik.observed(spec), str(path)
+    return lik, lik.observed(spec), str(path), None
 
 
 def is_hsbi_workspace(path: Path | str) -> bool:
@@ -200,14 +201,10 @@ def fit_combination(paths: Sequence[Path | str], levels: Sequence[float] | None 
     """The observed fit of workspace files combined (:func:`hsbi.inference.fitting.fit_summary`);
     levels and scan points from the first hsbi workspace among them (else 68.27% and 95%, 41)."""
     from hsbi.inference.fitting import fit_summary
-    from hsbi.inference.workspace import load_workspace
 
     parts = [load_component(p) for p in paths]
-    if levels is None or scan_points is None:
-        first = next((Path(p) for p in paths if is_hsbi_workspace(p)), None)
-        ws = load_workspace(first) if first is not None else None
-        levels = levels or (ws.levels if ws else (0.6827, 0.95))
-        scan_points = scan_points or (ws.scan_points if ws else 41)
+    settings = next((p[3] for p in parts if p[3] is not None), ((0.6827, 0.95), 41))
+    levels, scan_points = levels or settings[0], scan_points or settings[1]
     lik = CombinedLikelihood.of([p[0] for p in parts], [p[2] for p in parts])
     data = lik.data([p[1] for p in parts])
     log(f"combination: {len(parts)} workspaces, {len(lik.model.names)} parameters "

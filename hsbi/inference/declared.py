@@ -16,7 +16,7 @@ from hsbi.config.schema import AnalysisConfig
 from hsbi.data.statmodel import Events, SampleStore
 from hsbi.estimators import RatioNet
 from hsbi.exceptions import DataError
-from hsbi.inference.fitting import DeclaredLikelihood, fit_summary
+from hsbi.inference.fitting import DeclaredLikelihood, fit_summary, level_key
 from hsbi.inference.statmodel import (
     DTYPE,
     ChannelEvents,
@@ -47,14 +47,22 @@ class Evaluator:
     nets: Nets
     shape_names: tuple[str, ...]
 
+    def nominal(self, x: np.ndarray) -> np.ndarray:
+        """``logp`` (n, C): the processes' nominal log ratios at events ``x`` (n, D)."""
+        ch, x32 = self.channel, np.ascontiguousarray(x, dtype=np.float32)
+        logp = np.zeros((len(x), len(ch.processes)))
+        for c, proc in enumerate(ch.processes):
+            logp[:, c] = log_ratio(self.nets[(ch.name, proc, "", "")], x32)
+        return logp
+
     def terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``logp`` (n, C), ``lo``, ``hi`` (n, C, S) at events ``x`` (n, D)."""
         ch, n = self.channel, len(x)
         C, S = len(ch.processes), len(self.shape_names)
-        logp, lo, hi = np.zeros((n, C)), np.zeros((n, C, S)), np.zeros((n, C, S))
+        lo, hi = np.zeros((n, C, S)), np.zeros((n, C, S))
         x32 = np.ascontiguousarray(x, dtype=np.float32)
+        logp = self.nominal(x32)
         for c, proc in enumerate(ch.processes):
-            logp[:, c] = log_ratio(self.nets[(ch.name, proc, "", "")], x32)
             for s, name in enumerate(self.shape_names):
                 if ch.shape_mask[c, s]:
                     lo[:, c, s] = log_ratio(self.nets[(ch.name, proc, name, "down")], x32)
@@ -283,13 +291,14 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
         nsbi_channel,
         pyhf_fit,
     )
-    from hsbi.inference.fitting import fit, level_key, profile_interval, profile_scan
+    from hsbi.inference.fitting import fit, profile_interval, profile_scan
 
-    lik, evaluators, store, _, _ = prepare(cfg, dirs, members)
-    model = lik.model
+    store, nets = SampleStore(cfg, dirs), load_nets(members)
+    model = compile_model(cfg.statmodel, *store.yields())  # the nominal networks only: no normalisation
     poi = model.poi
     channels = []
-    for ch_cfg, ch, ev in zip(cfg.statmodel.channels, model.channels, evaluators):
+    for ch_cfg, ch in zip(cfg.statmodel.channels, model.channels):
+        ev = Evaluator(ch, nets, ())
         where = f"statmodel channel {ch.name!r}"
         if ch_cfg.data in GENERATED_DATA:
             raise DataError(f"{where}: data is {ch_cfg.data!r}; ExportPyhf bins observed events: expected a data sample")
@@ -304,7 +313,7 @@ def export_pyhf(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members: Sequ
                 raise DataError(f"{where}, process {ch.processes[c]!r}: normfactors {names}; a binned sample "
                                 "carries at most one")
             normfactors.append(names[0] if names else None)
-        observable = lambda x, ev=ev, ch=ch, signal=signal: log_odds(ev.terms(x)[0], ch.nu0, signal)
+        observable = lambda x, ev=ev, ch=ch, signal=signal: log_odds(ev.nominal(x), ch.nu0, signal)
         nominal, shapes, normsys = [], {}, {}
         for c, proc in enumerate(ch_cfg.processes):
             events = store.process(ch_cfg, proc, None)
@@ -422,8 +431,7 @@ def declared_coverage(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members
     log(f"coverage at {model.poi} = {point[model.poi]:.4g}: {n} datasets, {2 * n} reference toys")
     datasets = toy_t(lik, pool, truth, n, seed, log=log)
     reference = toy_t(lik, pool, truth, 2 * n, seed + 1, log=log)
-    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")
-    levels = {key(lv): coverage(datasets.t, reference.t, lv) for lv in cfg.inference.levels}
+    levels = {level_key(lv): coverage(datasets.t, reference.t, lv) for lv in cfg.inference.levels}
     for k, c in levels.items():
         log(f"coverage {k}%: Neyman {c['coverage']:.3f} +- {c['error']:.3f}, Wilks {c['wilks_coverage']:.3f} "
             f"+- {c['wilks_error']:.3f}")
@@ -434,10 +442,10 @@ def declared_coverage(cfg: AnalysisConfig, dirs: Mapping[str, Sequence], members
         toys = pool.throw(lik, np.tile(truth, (n_width, 1)), np.random.default_rng(seed + 2))
         edges = wilks_intervals(lik, toys, level, np.tile(truth, (n_width, 1)))
         widths = (edges[:, 1] - edges[:, 0])[np.isfinite(edges).all(1)]
-        summary["mean_width"] = {key(level): float(widths.mean()) if len(widths) else None,
+        summary["mean_width"] = {level_key(level): float(widths.mean()) if len(widths) else None,
                                  "error": float(widths.std(ddof=1) / np.sqrt(len(widths))) if len(widths) > 1 else None,
                                  "datasets": len(widths), "failed": n_width - len(widths)}
-        log(f"mean Wilks width {key(level)}%: {summary['mean_width'][key(level)]} over {len(widths)} datasets")
+        log(f"mean Wilks width {level_key(level)}%: {summary['mean_width'][level_key(level)]} over {len(widths)} datasets")
     return summary, datasets.t
 
 
@@ -451,10 +459,9 @@ def belt_summary(cfg: AnalysisConfig, points: Sequence[Mapping], fit_result: Map
     belt = Belt(np.array([p["mu"] for p in points]), np.array([p["t_observed"] for p in points]),
                 {lv: np.array([critical_value(np.array(p["t"]), lv) for p in points]) for lv in levels},
                 np.array([p["failed"] for p in points]), min(p["toys"] for p in points))
-    key = lambda level: f"{100 * level:.4g}".rstrip("0").rstrip(".")
-    intervals = {key(lv): dict(zip(("low", "high", "truncated"), belt.interval(lv))) for lv in levels}
+    intervals = {level_key(lv): dict(zip(("low", "high", "truncated"), belt.interval(lv))) for lv in levels}
     return {"poi": fit_result["poi"], "grid": belt.grid.tolist(), "t_observed": belt.t_observed.tolist(),
-            "critical": {key(lv): v.tolist() for lv, v in belt.critical.items()},
+            "critical": {level_key(lv): v.tolist() for lv, v in belt.critical.items()},
             "failed": belt.failed.tolist(), "toys": belt.toys, "intervals": intervals,
             "minos": fit_result["intervals"]["minos"],
             "observed_failed": [p["observed_failed"] for p in points]}

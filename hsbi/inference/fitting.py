@@ -26,9 +26,9 @@ from hsbi.inference.batched_fit import fit_batch
 from hsbi.inference.model import ParameterSpace
 from hsbi.inference.nll import DeclaredLikelihood
 
-__all__ = ["DeclaredLikelihood", "FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "fit", "fit_summary",
-           "impacts", "level_key", "minos_intervals", "profile_interval", "profile_scan", "value_and_grad",
-           "wilks_threshold"]
+__all__ = ["DeclaredLikelihood", "FitResult", "Impact", "Likelihood", "ScanResult", "covariance", "crossing_edges",
+           "fit", "fit_summary", "impacts", "level_key", "minos_intervals", "profile_interval", "profile_scan",
+           "value_and_grad", "wilks_threshold"]
 
 #: MIGRAD's tolerance (EDM goal 0.002 * tol * errordef); iminuit's default is 0.1
 _TOL = 0.01
@@ -212,17 +212,25 @@ def profile_interval(lik: Likelihood, data: Any, level: float, best: FitResult, 
     ``t(mu) = 2 (NLL(mu, theta_hat_hat) - NLL_min)`` with the chi2_1 quantile by Brent's method on
     conditional fits (a POI bound where ``t`` stays below it). Tighter than MINOS, which stops at
     MIGRAD's tolerance (~1e-4 of sigma): what comparisons with another fitter need."""
-    from scipy.optimize import brentq
-
-    poi, k, q = lik.model.poi, lik.model.poi_index, wilks_threshold(level)
-    mu_hat, bounds = best[poi], lik.model.parameters[k].bounds
+    poi, q = lik.model.poi, wilks_threshold(level)
 
     def excess(mu: float) -> float:
         return 2 * (fit(lik, data, {poi: mu}, start=best.values, hesse=False).nll - best.nll) - q
 
+    return crossing_edges(excess, best[poi], best.error(poi), lik.model.parameters[lik.model.poi_index].bounds, xtol)
+
+
+def crossing_edges(excess: Callable[[float], float], mu_hat: float, sigma: float, bounds: Sequence[float],
+                   xtol: float = 1e-10) -> tuple[float, float]:
+    """Below and above ``mu_hat`` (where ``excess`` is negative), the roots of ``excess`` by
+    Brent's method, bracketed by steps from ``mu_hat`` of ``sigma`` (at least 1e-3) doubling until
+    ``excess`` turns positive; a bound where it never does. Any fitter's profile interval
+    (``excess(mu) = t(mu) - q``)."""
+    from scipy.optimize import brentq
+
     def edge(sign: float) -> float:
         bound = bounds[1 if sign > 0 else 0]
-        inner, step = mu_hat, max(best.error(poi), 1e-3)
+        inner, step = mu_hat, max(sigma, 1e-3)
         while True:
             outer = float(np.clip(mu_hat + sign * step, *sorted((mu_hat, bound))))
             if excess(outer) > 0:

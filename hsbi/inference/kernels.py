@@ -26,21 +26,16 @@ datasets (and processes for the normalisation) on numba's threads. Compiled once
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numba as nb
 import numpy as np
 
+from hsbi.numba_cache import ensure_cache_dir
+
 __all__ = ["assemble", "compact", "compact_events", "event_sums", "gather_events", "norm_sums", "own_indices",
            "pool_log_factors", "yield_terms"]
 
-# numba caches beside this file, or in the user's cache directory where this one is read-only; a
-# batch job whose user can write neither (no home) would fail to compile: a temporary directory
-if not nb.config.CACHE_DIR and not os.access(os.path.dirname(__file__), os.W_OK):
-    _user_cache = os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.access(_user_cache if os.path.isdir(_user_cache) else os.path.expanduser("~"), os.W_OK):
-        nb.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"hsbi-numba-{os.getuid()}")
+ensure_cache_dir(__file__)  # numba's cache: beside this file, else a writable place
 
 
 def own_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ import numpy as np
 from hsbi.inference.model import ChannelModel, StatModel
 from hsbi.models.interpolation import code4_coefficients
 
-__all__ = ["ArrayDataset", "ArrayEvents", "ArrayNormalisation", "DeclaredLikelihood", "channel_terms",
-           "constraint_terms", "evaluate"]
+__all__ = ["ArrayDataset", "ArrayEvents", "ArrayNormalisation", "DeclaredLikelihood", "KernelLayout", "channel_terms",
+           "constraint_terms", "evaluate", "events_layout", "normalisation_layout"]
 
 
 def channel_terms(ch: ChannelModel, norm: Any, events: Any, rows: np.ndarray, theta: np.ndarray, hessian: bool
@@ -127,10 +127,11 @@ class DeclaredLikelihood:
             return float(self.batch(data, np.asarray(theta, dtype=float)[None])[0])
 
 
-class _KernelLayout:
+class KernelLayout:
     """The fused kernels' layout of a channel's arrays, made once per channel structure (a fit
     evaluates the same arrays several times): :meth:`kernel_arrays` caches what :meth:`_layout`
-    makes for a channel's ``own`` shape NPs."""
+    makes for a channel's ``own`` shape NPs. The numpy datasets here and the torch ones of
+    :mod:`hsbi.inference.statmodel` share it."""
 
     @cached_property
     def _compacted(self) -> dict:
@@ -142,12 +143,39 @@ class _KernelLayout:
             self._compacted[key] = self._layout(own, counts)
         return self._compacted[key]
 
+    def set_kernel_arrays(self, own: np.ndarray, arrays: tuple[np.ndarray, ...]) -> None:
+        """Give :meth:`kernel_arrays` for ``own`` made elsewhere (toys gathered from their pool's
+        layout: :func:`hsbi.inference.kernels.gather_events`)."""
+        self._compacted[(own.tobytes(), own.shape)] = arrays
+
     def _layout(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
 
+def normalisation_layout(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, coef: np.ndarray, own: np.ndarray,
+                         counts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What :func:`hsbi.inference.kernels.norm_sums` reads of a normalisation sample: ``v``,
+    ``log |v|`` (-inf: padding; the signs of signed weights stay in ``v``), ``lo``, ``hi``,
+    ``coef`` and their per-process compact copies (:func:`hsbi.inference.kernels.compact`)."""
+    from hsbi.inference.kernels import compact
+
+    v, lo, hi, coef = (np.ascontiguousarray(a, dtype=np.float64) for a in (v, lo, hi, coef))
+    logv = np.where(v != 0, np.log(np.where(v != 0, np.abs(v), 1.0)), -np.inf)
+    return (v, logv, lo, hi, coef, *compact(lo, hi, coef, own, counts))
+
+
+def events_layout(w: np.ndarray, logp: np.ndarray, lo: np.ndarray, hi: np.ndarray, coef: np.ndarray,
+                  own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What :func:`hsbi.inference.kernels.event_sums` reads of a batch of datasets: ``w`` and
+    the per-process layout over the channel's ``own`` NPs (:func:`hsbi.inference.kernels.compact_events`)."""
+    from hsbi.inference.kernels import compact_events
+
+    w, logp, lo, hi, coef = (np.ascontiguousarray(a, dtype=np.float64) for a in (w, logp, lo, hi, coef))
+    return (w, *compact_events(logp, lo, hi, coef, own, counts))
+
+
 @dataclass(frozen=True)
-class ArrayNormalisation(_KernelLayout):
+class ArrayNormalisation(KernelLayout):
     """A channel's normalisation sample as numpy arrays (:class:`hsbi.inference.statmodel.Normalisation`
     without torch): ``v`` (C, n) weights summing to 1 per process (0: padding), shape log ratios
     ``lo``, ``hi`` (C, n, S), already self-normalised."""
@@ -157,17 +185,12 @@ class ArrayNormalisation(_KernelLayout):
     hi: np.ndarray
 
     def _layout(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-        from hsbi.inference.kernels import compact
-
-        v = np.ascontiguousarray(self.v, dtype=np.float64)
-        logv = np.where(v != 0, np.log(np.where(v != 0, np.abs(v), 1.0)), -np.inf)  # signs stay in v
-        lo, hi = (np.ascontiguousarray(a, dtype=np.float64) for a in (self.lo, self.hi))
-        coef = np.ascontiguousarray(code4_coefficients(lo, hi))
-        return (v, logv, lo, hi, coef, *compact(lo, hi, coef, own, counts))
+        lo, hi = (np.asarray(a, dtype=np.float64) for a in (self.lo, self.hi))
+        return normalisation_layout(self.v, lo, hi, code4_coefficients(lo, hi), own, counts)
 
 
 @dataclass(frozen=True)
-class ArrayEvents(_KernelLayout):
+class ArrayEvents(KernelLayout):
     """Per-event terms of a batch of datasets in one channel as numpy arrays
     (:class:`hsbi.inference.statmodel.ChannelEvents` without torch): ``w`` (B, n) weights (0:
     padding), ``logp`` (B, n, C), ``lo``/``hi`` (B, n, C, S)."""
@@ -186,11 +209,8 @@ class ArrayEvents(_KernelLayout):
         return ArrayEvents(self.w[rows], self.logp[rows], self.lo[rows], self.hi[rows])
 
     def _layout(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-        from hsbi.inference.kernels import compact_events
-
-        w, logp, lo, hi = (np.ascontiguousarray(a, dtype=np.float64) for a in (self.w, self.logp, self.lo, self.hi))
-        coef = np.ascontiguousarray(code4_coefficients(lo, hi))
-        return (w, *compact_events(logp, lo, hi, coef, own, counts))
+        lo, hi = (np.asarray(a, dtype=np.float64) for a in (self.lo, self.hi))
+        return events_layout(self.w, self.logp, lo, hi, code4_coefficients(lo, hi), own, counts)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
 
 from hsbi.inference.model import ChannelModel, Parameter, ParameterSpace, StatModel, compile_model
+from hsbi.inference.nll import KernelLayout, events_layout, normalisation_layout
 from hsbi.models.interpolation import code4_coefficients
 
 __all__ = [
@@ -55,38 +55,19 @@ DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
-class Normalisation:
+class Normalisation(KernelLayout):
     """A fixed sample of nominal events per process: ``v`` (C, n) weights summing to 1 per
-    process (0: padding; signed MC weights keep their sign), and the shape log ratios ``lo``, ``hi`` (C, n, S) there (0 where
-    shape NP s does not act on process c: the fused kernels skip those entries)."""
+    process (0: padding; signed MC weights keep their sign), and the shape log ratios ``lo``,
+    ``hi`` (C, n, S) there (0 where shape NP s does not act on process c: the fused kernels skip
+    those entries)."""
 
     v: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
     coef: torch.Tensor  # (C, n, S, 6)
 
-    @cached_property
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """``v``, ``log |v|`` (-inf: padding), ``lo``, ``hi``, ``coef`` as contiguous numpy arrays
-        (the fused kernels' inputs; the signs of signed weights stay in ``v``)."""
-        v = self.v.numpy()
-        logv = np.where(v != 0, np.log(np.where(v != 0, np.abs(v), 1.0)), -np.inf)
-        return tuple(np.ascontiguousarray(a) for a in (v, logv, self.lo.numpy(), self.hi.numpy(), self.coef.numpy()))
-
-    @cached_property
-    def _compacted(self) -> dict:
-        return {}
-
-    def kernel_arrays(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-        """:attr:`arrays` and the per-process compact copies for a channel's ``own`` NPs
-        (:func:`hsbi.inference.kernels.compact`), made once per channel structure."""
-        from hsbi.inference.kernels import compact
-
-        key = (own.tobytes(), own.shape)
-        if key not in self._compacted:
-            v, logv, lo, hi, coef = self.arrays
-            self._compacted[key] = (v, logv, lo, hi, coef, *compact(lo, hi, coef, own, counts))
-        return self._compacted[key]
+    def _layout(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return normalisation_layout(*(t.numpy() for t in (self.v, self.lo, self.hi, self.coef)), own, counts)
 
     @staticmethod
     def offsets(weights: Sequence[np.ndarray], lo: Sequence[np.ndarray], hi: Sequence[np.ndarray]
@@ -119,7 +100,7 @@ class Normalisation:
 
 
 @dataclass(frozen=True)
-class ChannelEvents:
+class ChannelEvents(KernelLayout):
     """Per-event terms of datasets in one channel, computed once and stored: ``w`` (B, n) event
     weights (0: padding), ``logp`` (B, n, C) nominal log ratios, ``lo``/``hi`` (B, n, C, S) shape
     log ratios ``log r^-``, ``log r^+`` (0 where shape NP s does not act on process c: the fused
@@ -143,27 +124,8 @@ class ChannelEvents:
     def take(self, rows: torch.Tensor) -> ChannelEvents:
         return ChannelEvents(*(t[rows] for t in (self.w, self.logp, self.lo, self.hi, self.coef)))
 
-    @cached_property
-    def _compacted(self) -> dict:
-        return {}
-
-    def kernel_arrays(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``w`` and the per-process layout over a channel's ``own`` NPs
-        (:func:`hsbi.inference.kernels.compact_events`) the fused kernels read, made once per
-        channel structure (a fit evaluates a batch several times)."""
-        from hsbi.inference.kernels import compact_events
-
-        key = (own.tobytes(), own.shape)
-        if key not in self._compacted:
-            w, logp, lo, hi, coef = (np.ascontiguousarray(t.numpy()) for t in (self.w, self.logp, self.lo, self.hi,
-                                                                               self.coef))
-            self._compacted[key] = (w, *compact_events(logp, lo, hi, coef, own, counts))
-        return self._compacted[key]
-
-    def set_kernel_arrays(self, own: np.ndarray, arrays: tuple[np.ndarray, ...]) -> None:
-        """Give :meth:`kernel_arrays` for ``own`` made elsewhere (toys gathered from their pool's
-        layout: :func:`hsbi.inference.kernels.gather_events`)."""
-        self._compacted[(own.tobytes(), own.shape)] = arrays
+    def _layout(self, own: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return events_layout(*(t.numpy() for t in (self.w, self.logp, self.lo, self.hi, self.coef)), own, counts)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ from torch import nn
 from hsbi.config import TrainingConfig
 from hsbi.exceptions import ConfigError, FitError
 
-__all__ = ["STEPS_PER_CALL", "EstimatorModule", "accelerator_for", "check_logger", "fit_per_process", "make_trainer",
-           "strategy_for"]
+__all__ = ["STEPS_PER_CALL", "EstimatorModule", "accelerator_for", "check_logger", "fit_per_process", "fused_adam",
+           "make_trainer", "strategy_for"]
 
 #: Optimiser steps per Lightning training step (mini-batches per block of the batch loader):
 #: amortises Lightning's per-step overhead (about 1 ms), which a small MLP's step does not.
@@ -161,16 +161,19 @@ class EstimatorModule(L.LightningModule):
         self.lr_schedulers().step()
 
     def configure_optimizers(self):  # noqa: ANN201
-        # fused Adam unscales inside its step, and Lightning's mixed-precision plugins refuse to
-        # clip the gradients of such an optimiser (they would be clipped scaled): with mixed
-        # precision and clipping the step is not fused
-        fused = not (self.cfg.precision != "32" and self.cfg.gradient_clip_val > 0)
         opt = torch.optim.Adam(
             self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay,
-            fused=fused,
+            fused=fused_adam(self.cfg),
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.max_epochs)
         return [opt], [sched]
+
+
+def fused_adam(training: TrainingConfig) -> bool:
+    """Whether hsbi's Adam steps fused: fused Adam unscales inside its step, and Lightning's
+    mixed-precision plugins refuse to clip the gradients of such an optimiser (they would be
+    clipped scaled), so with mixed precision and clipping the step is not fused."""
+    return not (training.precision != "32" and training.gradient_clip_val > 0)
 
 
 class _EpochReport(L.Callback):
